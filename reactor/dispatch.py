@@ -1,0 +1,202 @@
+"""Dispatch strategies: where a hosted server's requests run.
+
+Pass one per server: ``reactor.add_server(server, dispatch=ThreadPool(8))``,
+or ``socketserver.TCPServer(address, Handler, dispatch=ThreadPool(8))`` for
+standalone use. The reactor thread only waits and takes requests; the
+strategy decides where each request's hooks (``verify_request``,
+``process_request`` and so the handler, ``shutdown_request``) run.
+
+* :class:`Inline` runs them in the reactor's thread.
+* :class:`ThreadPool` runs them on a fixed set of reused worker threads with a
+  bounded queue, and applies backpressure: when every worker is busy and the
+  queue is full, the server's socket leaves the selector, so new clients wait
+  in the kernel backlog (or, for datagrams, the socket buffer) rather than in
+  this process's memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+from ._hosting import Dispatch, HostedServer, Inline, process_request_safely
+
+__all__ = ["Dispatch", "Inline", "ThreadPool"]
+
+logger = logging.getLogger(__name__)
+
+PAUSED_SATURATED = "saturated"
+
+_worker_of = threading.local()
+
+
+class ThreadPool(Dispatch):
+    """Run requests on at most ``max_workers`` reused threads, with a bounded queue.
+
+    Args:
+        max_workers: the most worker threads; they start as load needs them
+            and live until the server is removed (never a thread per request).
+        max_pending: requests taken from the socket and waiting for a worker;
+            default ``max_workers``. When ``max_workers + max_pending``
+            requests are in flight, the server stops reading its socket until
+            a worker frees.
+        drain_timeout: on removal, how long in-flight and queued requests may
+            take to finish; queued requests left after it are closed unserved,
+            and handlers still running are abandoned (their threads are daemon
+            threads, logged by name).
+        name: prefix of the worker threads' names (default: the server's).
+
+    One ThreadPool serves one server at a time. Handler semantics are the
+    same as inline: setup/handle/finish, ``handle_error`` on exceptions, and
+    ``shutdown_request`` always.
+    """
+
+    def __init__(self, max_workers: int = 8, max_pending: int | None = None, *,
+                 drain_timeout: float = 30.0, name: str | None = None) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+        if max_pending is None:
+            max_pending = max_workers
+        if max_pending < 0:
+            raise ValueError(f"max_pending must not be negative, not {max_pending}")
+        self.max_workers = max_workers
+        self.max_pending = max_pending
+        self.drain_timeout = drain_timeout
+        self.name = name
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
+        self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._workers: list[threading.Thread] = []
+        self._idle = 0
+        self._running = 0
+        self._closing = False
+        self._paused = False
+        self._hosted: HostedServer | None = None
+        self.requests_done = 0
+
+    def __repr__(self) -> str:
+        return f"ThreadPool(max_workers={self.max_workers}, max_pending={self.max_pending})"
+
+    @property
+    def capacity(self) -> int:
+        """Most requests in flight (running plus queued) before the socket is paused."""
+        return self.max_workers + self.max_pending
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot: threads, idle threads, running and queued requests, requests done."""
+        with self._lock:
+            return {"threads": len(self._workers), "idle": self._idle, "running": self._running,
+                    "queued": len(self._queue), "done": self.requests_done}
+
+    def owns_current_thread(self) -> bool:
+        """True when called from one of this pool's worker threads."""
+        return getattr(_worker_of, "pool", None) is self
+
+    # -- Dispatch ------------------------------------------------------------
+
+    def bind(self, hosted: HostedServer) -> None:
+        """Attach to ``hosted``; a pool serves one server at a time."""
+        with self._lock:
+            if self._hosted is not None:
+                raise ValueError(f"{self!r} already serves {self._hosted.name}")
+            self._hosted = hosted
+            self._closing = False
+            self._paused = False
+
+    def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
+        """Queue one request for a worker; pause the server's socket when the pool is full."""
+        with self._lock:
+            self._queue.append((request, client_address))
+            spawn = False
+            if self._idle:
+                # Claim the idle worker now, so a burst wakes one worker per
+                # request instead of counting the same sleeper twice.
+                self._idle -= 1
+                self._work_ready.notify()
+            elif len(self._workers) < self.max_workers:
+                spawn = True
+            saturate = not self._paused and len(self._queue) + self._running >= self.capacity
+            if saturate:
+                self._paused = True
+            if spawn:
+                self._spawn_worker_locked(hosted)
+        if saturate:
+            hosted.pause(PAUSED_SATURATED)
+
+    def unbind(self, hosted: HostedServer) -> None:
+        """Let queued and running requests finish (within ``drain_timeout``), then stop the workers."""
+        deadline = time.monotonic() + self.drain_timeout
+        with self._lock:
+            self._closing = True
+            self._work_ready.notify_all()
+            self._idle = 0
+            while self._queue or self._running:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._drained.wait(remaining)
+            unserved = list(self._queue)
+            self._queue.clear()
+            workers, self._workers = self._workers, []
+            self._hosted = None
+        if unserved:
+            logger.warning("%s: closing %d queued requests unserved after drain_timeout=%ss",
+                           hosted.name, len(unserved), self.drain_timeout)
+            for request, _ in unserved:
+                hosted.server.shutdown_request(request)
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join(max(deadline - time.monotonic(), 0))
+        stuck = [worker.name for worker in workers if worker.is_alive() and worker is not threading.current_thread()]
+        if stuck:
+            logger.warning("%s: abandoning handlers still running after drain_timeout=%ss: %s",
+                           hosted.name, self.drain_timeout, ", ".join(stuck))
+
+    # -- workers -------------------------------------------------------------
+
+    def _spawn_worker_locked(self, hosted: HostedServer) -> None:
+        prefix = self.name or hosted.name
+        worker = threading.Thread(target=self._work, args=(hosted,),
+                                  name=f"{prefix}-worker-{len(self._workers) + 1}", daemon=True)
+        self._workers.append(worker)
+        worker.start()
+
+    def _work(self, hosted: HostedServer) -> None:
+        _worker_of.pool = self
+        server = hosted.server
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._idle += 1
+                    self._work_ready.wait()  # whoever notifies takes us off the idle count
+                if not self._queue:
+                    return
+                request, client_address = self._queue.popleft()
+                self._running += 1
+            try:
+                process_request_safely(server, request, client_address)
+            except BaseException:
+                # SystemExit or KeyboardInterrupt raised by a handler: the
+                # request is already shut down; a worker is no place to exit.
+                logger.exception("%s: handler raised a BaseException in a worker thread", hosted.name)
+            finally:
+                self._finished(hosted)
+
+    def _finished(self, hosted: HostedServer) -> None:
+        with self._lock:
+            self._running -= 1
+            self.requests_done += 1
+            resume = self._paused and len(self._queue) + self._running < self.capacity
+            if resume:
+                self._paused = False
+            if not self._queue and not self._running:
+                self._drained.notify_all()
+        if resume:
+            try:
+                hosted.reactor.call_soon_threadsafe(hosted.resume, PAUSED_SATURATED)
+            except RuntimeError:
+                pass  # the reactor closed meanwhile: nothing left to resume

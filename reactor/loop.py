@@ -1,0 +1,564 @@
+"""The Reactor: one selector, a timer heap and a waker, hosting many servers in one thread.
+
+Theory of operation
+-------------------
+A Reactor waits on one selector for every descriptor it owns: each hosted
+server's listening socket, the readers and writers added by the user, and a
+waker socketpair that other threads and signal handlers write to. Each wait
+is bounded by the nearest timer. Everything the reactor does happens in one
+*tick*, ``run_once()``: wait, then dispatch what became ready.
+
+Rules
+-----
+1. Only ``run_once()`` calls user callbacks, and it keeps waiting apart from
+   dispatching. That split is what lets a foreign loop drive the reactor:
+   the host polls ``fileno()``, sleeps at most ``time_until_next()``, then
+   calls ``run_once(0)``.
+2. One tick: the wait's timeout comes from the nearest timer (0 when
+   callbacks are already queued). Only callbacks that were ready when the
+   dispatch began run in that tick; callbacks they schedule run in the next,
+   so a callback that reschedules itself cannot starve I/O.
+3. A descriptor is unregistered before it is closed. Callbacks queued for a
+   descriptor that is removed in the same tick are cancelled, never run.
+4. Signal handlers only record the signal and wake the loop: the C-level
+   handler writes the signal number into the waker (``signal.set_wakeup_fd``)
+   and the Python-level handler does nothing. The callback runs in the loop.
+5. ``stop()`` is idempotent, non-blocking and thread-safe, and never
+   deadlocks, even from inside a handler: it sets a flag and wakes the loop.
+   From that moment no hosted server takes another request; ``serve_forever``
+   returns at the end of the current tick.
+6. There is no global or current reactor. Each is passed explicitly, and two
+   reactors in two threads of one process are independent.
+7. A callback that raises ``Exception`` is logged and the loop goes on;
+   ``BaseException`` (KeyboardInterrupt, SystemExit) propagates out of
+   ``run_once()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import selectors
+import signal
+import threading
+import time
+from types import TracebackType
+from typing import Any, Callable, Protocol, TypeVar
+
+from ._hosting import Attachment, Dispatch, Inline, describe_server
+from ._timers import Handle, TimerHandle, TimerHeap
+from ._waker import Waker
+
+__all__ = ["FileLike", "Reactor"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest single wait; some selectors reject larger timeouts.
+MAX_SELECT_TIMEOUT = 24 * 3600.0
+
+_ReactorT = TypeVar("_ReactorT", bound="Reactor")
+
+
+class FileLike(Protocol):
+    """Anything with a ``fileno()``: sockets, files, pipes."""
+
+    def fileno(self) -> int: ...
+
+
+FileDescriptorLike = int | FileLike
+
+
+def _fd_of(fileobj: FileDescriptorLike) -> int:
+    fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor: {fd}")
+    return fd
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Python-level handler for signals the reactor owns: the wakeup fd does the work."""
+
+
+class Reactor:
+    """A single-threaded event loop that hosts socketserver-style servers.
+
+    Args:
+        selector: the selector to wait on (default: ``selectors.DefaultSelector()``).
+            The reactor owns it and closes it in ``close()``.
+        clock: a monotonic clock in seconds (default: ``time.monotonic``). Timers
+            are scheduled on it; tests may inject a fake one.
+
+    Thread-safety: ``stop()`` and ``call_soon_threadsafe()`` may be called from
+    any thread. Everything else belongs to the thread that runs the reactor.
+    """
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._selector = selector if selector is not None else selectors.DefaultSelector()
+        self._clock = clock if clock is not None else time.monotonic
+        self._timers = TimerHeap()
+        self._ready: collections.deque[Handle] = collections.deque()
+        self._attachments: dict[int, Attachment] = {}
+        self._owned_fds: set[int] = set()
+        self._stopping = False
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._tick_lock = threading.Lock()
+        self._thread_id: int | None = None
+        self._signal_handlers: dict[int, Handle] = {}
+        self._saved_signal_handlers: dict[int, Any] = {}
+        self._saved_wakeup_fd: int | None = None
+        try:
+            self._waker = Waker()
+            self._add_owned_reader(self._waker.fileno(), self._on_wakeup)
+        except BaseException:
+            self._selector.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self: _ReactorT) -> _ReactorT:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._attachments)} servers"
+        return f"<Reactor {type(self._selector).__name__} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Release everything: server_close() every hosted server, drop timers, close the selector.
+
+        Hosting transfers ownership, so servers still hosted are detached and
+        closed; use ``remove_server()`` first to keep one. Idempotent.
+
+        Raises:
+            RuntimeError: the reactor is running.
+        """
+        if self._closed:
+            return
+        if self._thread_id is not None:
+            raise RuntimeError("cannot close a running reactor; stop() it first")
+        errors: list[BaseException] = []
+        for attachment in list(self._attachments.values()):
+            server = attachment.server
+            try:
+                self.remove_server(server)
+            finally:
+                try:
+                    server.server_close()
+                except Exception as exc:  # keep closing the rest
+                    logger.exception("%s: server_close() failed", describe_server(server))
+                    errors.append(exc)
+        for signum in list(self._signal_handlers):
+            self.remove_signal_handler(signum)
+        self._closed = True
+        self._timers.clear()
+        self._ready.clear()
+        self._remove_owned_reader(self._waker.fileno())
+        self._waker.close()
+        self._selector.close()
+
+    # -- running -----------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """True from ``stop()`` until ``serve_forever()`` returns: no request is taken meanwhile."""
+        return self._stopping
+
+    def serve_forever(self) -> None:
+        """Run ticks until ``stop()`` or ``fail()`` is called.
+
+        If ``stop()`` was called before, returns at once. Afterwards the
+        reactor can be run again.
+
+        Raises:
+            BaseException: the error passed to ``fail()``.
+        """
+        try:
+            while not self._stopping:
+                self.run_once()
+        finally:
+            self._stopping = False
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def fail(self, error: BaseException) -> None:
+        """Stop like ``stop()``, and make ``serve_forever()`` raise ``error`` when it returns.
+
+        For failures that make serving pointless (a pre-fork pool whose
+        workers cannot boot). The first error wins. Thread-safety: as ``stop()``.
+        """
+        if self._failure is None:
+            self._failure = error
+        self.stop()
+
+    def stop(self) -> None:
+        """Ask ``serve_forever()`` to return; no request is taken from now on.
+
+        Thread-safety: safe from any thread, from a handler and from a signal
+        handler; never blocks; idempotent.
+        """
+        self._stopping = True
+        if self._thread_id != threading.get_ident() and not self._closed:
+            self._waker.wakeup()
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """Run one tick: wait for I/O or the next timer, then dispatch what is ready.
+
+        Args:
+            timeout: longest wait in seconds; ``None`` waits for the next event
+                or timer, ``0`` only polls (use that when a host loop drives
+                the reactor).
+
+        Raises:
+            RuntimeError: the reactor is closed, or already running (in a
+                callback of this reactor or in another thread).
+        """
+        if self._closed:
+            raise RuntimeError("reactor is closed")
+        if not self._tick_lock.acquire(blocking=False):
+            raise RuntimeError("reactor is already running (run_once() re-entered or called from two threads)")
+        try:
+            self._thread_id = threading.get_ident()
+            self._tick(timeout)
+        finally:
+            self._thread_id = None
+            self._tick_lock.release()
+
+    def _tick(self, timeout: float | None) -> None:
+        wait = self._wait_time(timeout)
+        events = self._selector.select(wait)
+        ready = self._ready
+        for key, mask in events:
+            reader, writer = key.data
+            if mask & selectors.EVENT_READ and reader is not None:
+                ready.append(reader)
+            if mask & selectors.EVENT_WRITE and writer is not None:
+                ready.append(writer)
+        if self._timers:
+            ready.extend(self._timers.pop_due(self._clock()))
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            try:
+                handle._callback(*handle._args)
+            except Exception:
+                logger.exception("reactor callback %r raised", handle)
+
+    def _wait_time(self, timeout: float | None) -> float | None:
+        if self._ready or self._stopping:
+            return 0
+        wait = self.time_until_next()
+        if timeout is not None:
+            wait = timeout if wait is None else min(wait, timeout)
+        if wait is not None:
+            wait = min(max(wait, 0.0), MAX_SELECT_TIMEOUT)
+        return wait
+
+    # -- embedding -----------------------------------------------------------
+
+    def fileno(self) -> int:
+        """A descriptor that is readable whenever the reactor has I/O to dispatch.
+
+        It is the selector's own descriptor (epoll, kqueue, /dev/poll), so a
+        host loop can watch it; timers do not make it readable, so the host
+        must also wake after ``time_until_next()`` seconds.
+
+        Raises:
+            io.UnsupportedOperation: the selector (select, poll) has no descriptor.
+        """
+        fileno = getattr(self._selector, "fileno", None)
+        if fileno is None:
+            import io
+
+            raise io.UnsupportedOperation(
+                f"{type(self._selector).__name__} has no descriptor to embed; "
+                "create the Reactor with an epoll, kqueue or devpoll selector")
+        fd: int = fileno()
+        return fd
+
+    def time_until_next(self) -> float | None:
+        """Seconds until the reactor needs a tick without I/O: 0 if callbacks are queued,
+        the delay to the nearest timer, or None if only I/O can give it work."""
+        if self._ready:
+            return 0.0
+        deadline = self._timers.next_deadline()
+        if deadline is None:
+            return None
+        return max(deadline - self._clock(), 0.0)
+
+    # -- servers -------------------------------------------------------------
+
+    def add_server(
+        self,
+        server: Any,
+        dispatch: Dispatch | None = None,
+        *,
+        service_interval: float | None = 0.5,
+        handle_timeouts: bool = True,
+    ) -> None:
+        """Host a socketserver-style server: take and handle its requests when its socket is readable.
+
+        Works with reactor's own servers and with unmodified stdlib ones
+        (``socketserver``, ``http.server``, ``xmlrpc.server``). While hosted,
+        the server's socket is non-blocking; ``remove_server`` restores it.
+
+        Args:
+            server: a bound, activated server (anything with socketserver's
+                ``fileno``/``get_request``/``verify_request``/``process_request``/
+                ``handle_error``/``shutdown_request`` hooks).
+            dispatch: where requests run; default ``Inline()`` (this thread).
+            service_interval: seconds between ``service_actions()`` calls when
+                the server overrides it (it is also called after each batch
+                of requests); None calls it only after requests, like
+                ``serve_forever(poll_interval=None)``.
+            handle_timeouts: call ``handle_timeout()`` whenever the server has
+                a ``timeout`` and that many seconds pass without a request.
+                (socketserver's own ``serve_forever`` never does, so its
+                drop-in passes False.)
+
+        Raises:
+            ValueError: the server or its descriptor is already in this reactor.
+            RuntimeError: the reactor is closed.
+        """
+        if self._closed:
+            raise RuntimeError("reactor is closed")
+        key = id(server)
+        if key in self._attachments:
+            raise ValueError(f"{describe_server(server)} is already hosted by this reactor")
+        fd = server.fileno()
+        if fd in self._owned_fds or self._is_registered(fd):
+            raise ValueError(f"descriptor {fd} of {describe_server(server)} is already watched by this reactor")
+        strategy = dispatch if dispatch is not None else Inline()
+        attachment = strategy.attach(self, server, service_interval=service_interval,
+                                     handle_timeouts=handle_timeouts)
+        self._attachments[key] = attachment
+        try:
+            attachment.start()
+        except BaseException:
+            del self._attachments[key]
+            attachment.detach()
+            raise
+        logger.debug("hosting %s with %r", describe_server(server), strategy)
+
+    def remove_server(self, server: Any) -> None:
+        """Stop hosting ``server`` and hand it back unclosed, its socket mode restored.
+
+        Raises:
+            KeyError: the server is not hosted here.
+        """
+        attachment = self._attachments.pop(id(server), None)
+        if attachment is None:
+            raise KeyError(f"{describe_server(server)} is not hosted by this reactor")
+        attachment.detach()
+
+    def dispatch_of(self, server: Any) -> Dispatch:
+        """The dispatch strategy ``server`` is hosted with.
+
+        Raises:
+            KeyError: the server is not hosted here.
+        """
+        attachment = self._attachments.get(id(server))
+        if attachment is None:
+            raise KeyError(f"{describe_server(server)} is not hosted by this reactor")
+        return attachment.dispatch
+
+    @property
+    def servers(self) -> list[Any]:
+        """The hosted servers, in the order they were added."""
+        return [attachment.server for attachment in self._attachments.values()]
+
+    # -- readers and writers -------------------------------------------------
+
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any) -> None:
+        """Call ``callback(*args)`` in the loop whenever ``fd`` is readable (replaces any reader)."""
+        self._add_handler(_fd_of(fd), selectors.EVENT_READ, Handle(callback, args), owned=False)
+
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for reading; True if it was watched."""
+        return self._remove_handler(_fd_of(fd), selectors.EVENT_READ, owned=False)
+
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any) -> None:
+        """Call ``callback(*args)`` in the loop whenever ``fd`` is writable (replaces any writer)."""
+        self._add_handler(_fd_of(fd), selectors.EVENT_WRITE, Handle(callback, args), owned=False)
+
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for writing; True if it was watched."""
+        return self._remove_handler(_fd_of(fd), selectors.EVENT_WRITE, owned=False)
+
+    def _add_owned_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        """Watch a descriptor that belongs to the reactor itself (waker, hosted listener)."""
+        self._add_handler(fd, selectors.EVENT_READ, Handle(callback, ()), owned=True)
+        self._owned_fds.add(fd)
+
+    def _remove_owned_reader(self, fd: int) -> None:
+        self._remove_handler(fd, selectors.EVENT_READ, owned=True)
+        self._owned_fds.discard(fd)
+
+    def _is_registered(self, fd: int) -> bool:
+        try:
+            self._selector.get_key(fd)
+        except KeyError:
+            return False
+        return True
+
+    def _add_handler(self, fd: int, event: int, handle: Handle, *, owned: bool) -> None:
+        if self._closed:
+            raise RuntimeError("reactor is closed")
+        if not owned and fd in self._owned_fds:
+            raise ValueError(f"descriptor {fd} belongs to a server or the waker of this reactor")
+        try:
+            key = self._selector.get_key(fd)
+        except KeyError:
+            data = (handle, None) if event == selectors.EVENT_READ else (None, handle)
+            self._selector.register(fd, event, data)
+            return
+        reader, writer = key.data
+        if event == selectors.EVENT_READ:
+            old, data = reader, (handle, writer)
+        else:
+            old, data = writer, (reader, handle)
+        self._selector.modify(fd, key.events | event, data)
+        if old is not None:
+            old.cancel()
+
+    def _remove_handler(self, fd: int, event: int, *, owned: bool) -> bool:
+        if self._closed:
+            return False
+        if not owned and fd in self._owned_fds:
+            raise ValueError(f"descriptor {fd} belongs to a server or the waker of this reactor")
+        try:
+            key = self._selector.get_key(fd)
+        except KeyError:
+            return False
+        reader, writer = key.data
+        if event == selectors.EVENT_READ:
+            old, data = reader, (None, writer)
+        else:
+            old, data = writer, (reader, None)
+        if old is None:
+            return False
+        remaining = key.events & ~event
+        if remaining:
+            self._selector.modify(fd, remaining, data)
+        else:
+            self._selector.unregister(fd)
+        old.cancel()
+        return True
+
+    # -- callbacks and timers ------------------------------------------------
+
+    def time(self) -> float:
+        """The reactor's clock, in seconds; timers are scheduled on it."""
+        return self._clock()
+
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> Handle:
+        """Run ``callback(*args)`` in the next tick. Loop thread only."""
+        self._check_open()
+        handle = Handle(callback, args)
+        self._ready.append(handle)
+        return handle
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> Handle:
+        """Run ``callback(*args)`` in the loop as soon as possible, waking it if it sleeps.
+
+        Thread-safety: safe from any thread and from signal handlers.
+        """
+        self._check_open()
+        handle = Handle(callback, args)
+        self._ready.append(handle)  # deque.append is atomic
+        if self._thread_id != threading.get_ident():
+            self._waker.wakeup()
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Run ``callback(*args)`` in the loop after ``delay`` seconds; returns a cancellable handle."""
+        return self.call_at(self._clock() + delay, callback, *args)
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Run ``callback(*args)`` in the loop once ``time()`` reaches ``when``; returns a cancellable handle."""
+        self._check_open()
+        return self._timers.push(when, callback, args)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("reactor is closed")
+
+    # -- signals -------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callable[..., object], *args: Any) -> None:
+        """Run ``callback(*args)`` in the loop whenever signal ``signum`` arrives.
+
+        Availability: POSIX; main thread only (``signal`` allows no other).
+        The previous handler is restored by ``remove_signal_handler`` or ``close``.
+
+        Raises:
+            ValueError: ``signum`` is not a signal that can be caught.
+            RuntimeError: not in the main thread, or another loop already
+                receives signals through ``signal.set_wakeup_fd``.
+        """
+        self._check_open()
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("signal handlers can only be added from the main thread")
+        signum = signal.Signals(signum).value
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            raise ValueError(f"signal {signal.Signals(signum).name} cannot be caught")
+        if not self._signal_handlers:
+            previous = signal.set_wakeup_fd(self._waker.write_fileno(), warn_on_full_buffer=False)
+            if previous not in (-1, self._waker.write_fileno()):
+                signal.set_wakeup_fd(previous)
+                raise RuntimeError(
+                    "another event loop already receives signals through signal.set_wakeup_fd(); "
+                    "let that loop handle signals or use a single reactor for them")
+            self._saved_wakeup_fd = previous
+        if signum not in self._saved_signal_handlers:
+            self._saved_signal_handlers[signum] = signal.getsignal(signum)
+        try:
+            signal.signal(signum, _ignore_signal)
+        except BaseException:
+            if not self._signal_handlers:
+                self._restore_wakeup_fd()
+            raise
+        self._signal_handlers[signum] = Handle(callback, args)
+
+    def remove_signal_handler(self, signum: int) -> bool:
+        """Stop handling ``signum`` and restore its previous handler; True if it was handled."""
+        handle = self._signal_handlers.pop(signum, None)
+        if handle is None:
+            return False
+        previous = self._saved_signal_handlers.pop(signum)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if not self._signal_handlers:
+            self._restore_wakeup_fd()
+        return True
+
+    def _restore_wakeup_fd(self) -> None:
+        if self._saved_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._saved_wakeup_fd)
+            self._saved_wakeup_fd = None
+
+    def _on_wakeup(self) -> None:
+        data = self._waker.drain()
+        if not self._signal_handlers:
+            return
+        for signum in dict.fromkeys(data):  # each signal once per wakeup, in arrival order
+            handle = self._signal_handlers.get(signum)
+            if handle is not None:
+                self._ready.append(handle)
