@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver as _std
+import sys
 import threading
 from typing import Any, Callable
 
@@ -311,33 +312,39 @@ if hasattr(socket, "AF_UNIX"):
                 self.socket_mode = mode
             super().__init__(server_address, RequestHandlerClass, bind_and_activate, dispatch=dispatch)
 
-    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+    class ThreadingUnixStreamServer(UnixStreamServer, _std.ThreadingUnixStreamServer):
         """UnixStreamServer with a thread per request."""
 
-    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+    class ThreadingUnixDatagramServer(UnixDatagramServer, _std.ThreadingUnixDatagramServer):
         """UnixDatagramServer with a thread per request."""
 
 
-class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+# The combined classes list our base first and the stdlib's combined class
+# second: the MRO becomes ours, then the stdlib mixin, then the stdlib base,
+# so the mixin's process_request still wins over BaseServer's, and
+# isinstance(server, stdlib.ThreadingTCPServer) holds.
+
+
+class ThreadingUDPServer(UDPServer, _std.ThreadingUDPServer):
     """UDPServer with a thread per request."""
 
 
-class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+class ThreadingTCPServer(TCPServer, _std.ThreadingTCPServer):
     """TCPServer with a thread per request."""
 
 
 if hasattr(_std, "ForkingMixIn"):
 
-    class ForkingUDPServer(ForkingMixIn, UDPServer):
+    class ForkingUDPServer(UDPServer, _std.ForkingUDPServer):
         """UDPServer with a process per request."""
 
-    class ForkingTCPServer(ForkingMixIn, TCPServer):
+    class ForkingTCPServer(TCPServer, _std.ForkingTCPServer):
         """TCPServer with a process per request."""
 
-    if hasattr(_std, "ForkingUnixStreamServer"):
+    if sys.version_info >= (3, 12):  # the stdlib added these in 3.12
 
-        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+        class ForkingUnixStreamServer(UnixStreamServer, _std.ForkingUnixStreamServer):
             """UnixStreamServer with a process per request."""
 
-        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+        class ForkingUnixDatagramServer(UnixDatagramServer, _std.ForkingUnixDatagramServer):
             """UnixDatagramServer with a process per request."""
