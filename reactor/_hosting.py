@@ -40,7 +40,10 @@ from ._timers import TimerHandle
 if TYPE_CHECKING:
     from .loop import Reactor
 
-__all__ = ["Attachment", "Dispatch", "HostedServer", "Inline", "describe_server", "process_request_safely"]
+__all__ = [
+    "Attachment", "Dispatch", "HostedServer", "Inline", "describe_server", "make_nonblocking",
+    "process_request_safely",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +202,7 @@ class HostedServer:
 
     def start(self) -> None:
         """Make the listener non-blocking, start reading it and arm the timers."""
-        self._restore_mode = _make_nonblocking(self._server, self._fd)
+        self._restore_mode = make_nonblocking(self._server, self._fd)
         self._started = True
         self._dispatch.bind(self)
         self._sync_registration()
@@ -218,6 +221,7 @@ class HostedServer:
                 timer.cancel()
         self._retry = self._service_timer = self._idle_timer = None
         self._sync_registration()
+        self.reactor._release_owned_fd(self._fd)
         try:
             self._dispatch.unbind(self)
         finally:
@@ -241,7 +245,8 @@ class HostedServer:
             self.reactor._add_owned_reader(self._fd, self._on_readable)
             self._registered = True
         elif not want and self._registered:
-            self.reactor._remove_owned_reader(self._fd)
+            # Paused, the listener stays claimed: nobody else may watch its fd.
+            self.reactor._remove_owned_reader(self._fd, release=not self._started)
             self._registered = False
 
     # -- the accept path ---------------------------------------------------
@@ -336,7 +341,7 @@ def _overrides(server: Any, name: str) -> bool:
     return method is not None and method is not getattr(_stdlib_socketserver.BaseServer, name)
 
 
-def _make_nonblocking(server: Any, fd: int) -> Callable[[], None]:
+def make_nonblocking(server: Any, fd: int) -> Callable[[], None]:
     """Put the listener in non-blocking mode; return a function that restores its old mode.
 
     Goes through the server's socket object when it has one, so the object's

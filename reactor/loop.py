@@ -20,9 +20,12 @@ Rules
    so a callback that reschedules itself cannot starve I/O.
 3. A descriptor is unregistered before it is closed. Callbacks queued for a
    descriptor that is removed in the same tick are cancelled, never run.
-4. Signal handlers only record the signal and wake the loop: the C-level
-   handler writes the signal number into the waker (``signal.set_wakeup_fd``)
-   and the Python-level handler does nothing. The callback runs in the loop.
+4. Signal handlers only record the signal and wake the loop. The C-level
+   handler writes into the waker (``signal.set_wakeup_fd``), which wakes a
+   loop blocked in another thread's ``select``; the Python-level handler
+   appends the signal number to a queue and wakes the loop again, because
+   a full waker buffer drops bytes and a dropped byte must not lose a
+   signal. The callback runs in the loop.
 5. ``stop()`` is idempotent, non-blocking and thread-safe, and never
    deadlocks, even from inside a handler: it sets a flag and wakes the loop.
    From that moment no hosted server takes another request; ``serve_forever``
@@ -75,10 +78,6 @@ def _fd_of(fileobj: FileDescriptorLike) -> int:
     return fd
 
 
-def _ignore_signal(signum: int, frame: object) -> None:
-    """Python-level handler for signals the reactor owns: the wakeup fd does the work."""
-
-
 class Reactor:
     """A single-threaded event loop that hosts socketserver-style servers.
 
@@ -109,6 +108,7 @@ class Reactor:
         self._tick_lock = threading.Lock()
         self._thread_id: int | None = None
         self._signal_handlers: dict[int, Handle] = {}
+        self._pending_signals: collections.deque[int] = collections.deque()
         self._saved_signal_handlers: dict[int, Any] = {}
         self._saved_wakeup_fd: int | None = None
         try:
@@ -408,8 +408,14 @@ class Reactor:
         self._add_handler(fd, selectors.EVENT_READ, Handle(callback, ()), owned=True)
         self._owned_fds.add(fd)
 
-    def _remove_owned_reader(self, fd: int) -> None:
+    def _remove_owned_reader(self, fd: int, *, release: bool = True) -> None:
+        """Stop watching an owned descriptor; ``release=False`` keeps it claimed (a paused listener)."""
         self._remove_handler(fd, selectors.EVENT_READ, owned=True)
+        if release:
+            self._owned_fds.discard(fd)
+
+    def _release_owned_fd(self, fd: int) -> None:
+        """Give up the claim on a descriptor that is no longer watched."""
         self._owned_fds.discard(fd)
 
     def _is_registered(self, fd: int) -> bool:
@@ -523,7 +529,9 @@ class Reactor:
         if not self._signal_handlers:
             previous = signal.set_wakeup_fd(self._waker.write_fileno(), warn_on_full_buffer=False)
             if previous not in (-1, self._waker.write_fileno()):
-                signal.set_wakeup_fd(previous)
+                # The API cannot read the owner's warn setting back; a full
+                # wakeup buffer is harmless, so never warn about it.
+                signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
                 raise RuntimeError(
                     "another event loop already receives signals through signal.set_wakeup_fd(); "
                     "let that loop handle signals or use a single reactor for them")
@@ -531,7 +539,7 @@ class Reactor:
         if signum not in self._saved_signal_handlers:
             self._saved_signal_handlers[signum] = signal.getsignal(signum)
         try:
-            signal.signal(signum, _ignore_signal)
+            signal.signal(signum, self._record_signal)
         except BaseException:
             if not self._signal_handlers:
                 self._restore_wakeup_fd()
@@ -551,14 +559,22 @@ class Reactor:
 
     def _restore_wakeup_fd(self) -> None:
         if self._saved_wakeup_fd is not None:
-            signal.set_wakeup_fd(self._saved_wakeup_fd)
+            signal.set_wakeup_fd(self._saved_wakeup_fd, warn_on_full_buffer=False)
             self._saved_wakeup_fd = None
 
+    def _record_signal(self, signum: int, frame: object) -> None:
+        # Python-level handler: runs in the main thread, maybe while the loop
+        # runs in another. deque.append is atomic; nothing else happens here.
+        self._pending_signals.append(signum)
+        self._waker.wakeup()
+
     def _on_wakeup(self) -> None:
-        data = self._waker.drain()
-        if not self._signal_handlers:
-            return
-        for signum in dict.fromkeys(data):  # each signal once per wakeup, in arrival order
+        self._waker.drain()
+        pending = self._pending_signals
+        arrived: dict[int, None] = {}
+        while pending:
+            arrived[pending.popleft()] = None  # each signal once per wakeup, in arrival order
+        for signum in arrived:
             handle = self._signal_handlers.get(signum)
             if handle is not None:
                 self._ready.append(handle)
