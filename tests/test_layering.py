@@ -1,0 +1,313 @@
+"""The package's shape, checked statically with ``ast`` (DESIGN.md sections 1 and 5).
+
+Imports point down: ``loop`` knows nothing of ``socketserver``, ``dispatch`` or
+``prefork``; the small private modules import nothing from reactor; ``binding``
+stands below the loop. One module alone asks which platform it runs on. Library
+code never prints or exits, every module says what it is for, and importing the
+package has no side effects.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import socketserver as std_socketserver
+from collections.abc import Iterator
+
+import pytest
+
+from reactor import socketserver as rsocketserver
+from support import REPO_ROOT, run_python
+
+PACKAGE = "reactor"
+PACKAGE_DIR = REPO_ROOT / PACKAGE
+
+#: Short module names ("loop", "_timers", ...); the package itself is "__init__".
+MODULES = sorted(path.stem for path in PACKAGE_DIR.glob("*.py"))
+
+#: Modules that may not be imported by a given module, directly or through others.
+FORBIDDEN = {
+    "loop": {"socketserver", "dispatch", "prefork"},
+    "binding": {"loop", "socketserver", "dispatch", "prefork"},
+}
+
+#: The pure bottom layer: imports nothing from reactor at all.
+LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform")
+
+
+# ---------------------------------------------------------------- import analysis
+
+@functools.lru_cache(maxsize=None)
+def parse(module: str) -> ast.Module:
+    path = PACKAGE_DIR / f"{module}.py"
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _resolve(module: str | None, level: int, names: list[str]) -> Iterator[str]:
+    """The reactor modules named by one import statement (short names)."""
+    if level > 1:
+        yield from ()  # beyond the package: not ours
+        return
+    if level == 1:
+        parts = module.split(".") if module else []
+    else:
+        if module is None or module.split(".")[0] != PACKAGE:
+            return
+        parts = module.split(".")[1:]
+    if parts:
+        yield parts[0]
+        return
+    # "from . import x" / "from reactor import x": x is a module or a name in __init__.
+    for name in names:
+        yield name if (PACKAGE_DIR / f"{name}.py").exists() else "__init__"
+
+
+def _is_type_checking_test(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Name) and node.id == "TYPE_CHECKING") or (
+        isinstance(node, ast.Attribute) and node.attr == "TYPE_CHECKING")
+
+
+def imports_of(tree: ast.AST) -> set[tuple[str, bool]]:
+    """(reactor module, runtime?) for every import in ``tree``, function bodies included.
+
+    Imports under ``if TYPE_CHECKING:`` are reported with runtime=False.
+    """
+    found: set[tuple[str, bool]] = set()
+
+    def visit(node: ast.AST, runtime: bool) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == PACKAGE:
+                    found.add((parts[1] if len(parts) > 1 else "__init__", runtime))
+        elif isinstance(node, ast.ImportFrom):
+            for target in _resolve(node.module, node.level, [a.name for a in node.names]):
+                found.add((target, runtime))
+        if isinstance(node, ast.If) and _is_type_checking_test(node.test):
+            for child in node.body:
+                visit(child, False)
+            for child in node.orelse:
+                visit(child, runtime)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, runtime)
+
+    visit(tree, True)
+    return found
+
+
+def direct_imports(module: str, *, runtime_only: bool = False) -> set[str]:
+    return {target for target, runtime in imports_of(parse(module))
+            if (runtime or not runtime_only) and target != module}
+
+
+def runtime_closure(module: str) -> set[str]:
+    """Every reactor module that importing ``module`` loads (through other modules too)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        current = todo.pop()
+        if current not in MODULES:
+            continue  # named but not written yet (e.g. prefork)
+        for target in direct_imports(current, runtime_only=True):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    seen.discard(module)
+    return seen
+
+
+# ---------------------------------------------------------------- the analysis itself works
+
+def test_import_analysis_understands_every_import_form() -> None:
+    tree = ast.parse(
+        "import reactor.loop\n"
+        "from reactor import dispatch\n"
+        "from reactor.binding import bind_socket\n"
+        "from . import socketserver\n"
+        "from . import Reactor\n"
+        "from ._timers import Handle\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from .prefork import Prefork\n"
+        "def later():\n"
+        "    from .loop import Reactor\n"
+    )
+    assert imports_of(tree) == {
+        ("loop", True), ("dispatch", True), ("binding", True), ("socketserver", True),
+        ("__init__", True), ("_timers", True), ("prefork", False),
+    }
+
+
+def test_the_package_has_the_modules_the_rules_talk_about() -> None:
+    for module in ("__init__", "loop", "binding", "socketserver", "dispatch", *LEAF_MODULES):
+        assert module in MODULES
+
+
+# ---------------------------------------------------------------- layering
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_module_does_not_import_upper_layers_directly(module: str) -> None:
+    offending = direct_imports(module) & FORBIDDEN[module]
+    assert not offending, f"reactor.{module} imports {sorted(offending)} (even for typing, imports point down)"
+
+
+@pytest.mark.parametrize("module", sorted(FORBIDDEN))
+def test_module_does_not_load_upper_layers_through_other_modules(module: str) -> None:
+    offending = runtime_closure(module) & FORBIDDEN[module]
+    assert not offending, f"importing reactor.{module} loads {sorted(offending)}"
+
+
+@pytest.mark.parametrize("module", LEAF_MODULES)
+def test_private_leaf_module_imports_nothing_from_reactor(module: str) -> None:
+    assert direct_imports(module) == set()
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m != "__init__"])
+def test_no_module_imports_the_package_facade(module: str) -> None:
+    assert "__init__" not in direct_imports(module), (
+        f"reactor.{module} imports from the package __init__; import the defining module instead")
+
+
+def test_runtime_imports_have_no_cycles() -> None:
+    graph = {module: direct_imports(module, runtime_only=True) & set(MODULES) for module in MODULES}
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "active"
+        for target in sorted(graph[module]):
+            if state.get(target) == "active":
+                pytest.fail("import cycle: " + " -> ".join(path + [module, target]))
+            if target not in state:
+                visit(target, path + [module])
+        state[module] = "done"
+
+    for module in MODULES:
+        if module not in state:
+            visit(module, [])
+
+
+# ---------------------------------------------------------------- platform questions
+
+def _platform_queries(tree: ast.AST) -> list[str]:
+    """Where ``tree`` asks which platform it runs on: ``sys.platform`` (any alias of
+    sys), ``from sys import platform``, or the ``platform`` module."""
+    sys_aliases = {"sys"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            sys_aliases.update(a.asname for a in node.names if a.name == "sys" and a.asname)
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr == "platform"
+                and isinstance(node.value, ast.Name) and node.value.id in sys_aliases):
+            found.append(f"line {node.lineno}: sys.platform")
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys" and any(
+                a.name == "platform" for a in node.names):
+            found.append(f"line {node.lineno}: from sys import platform")
+        elif isinstance(node, ast.Import) and any(a.name == "platform" for a in node.names):
+            found.append(f"line {node.lineno}: import platform")
+    return found
+
+
+def test_platform_query_detector_finds_every_form() -> None:
+    tree = ast.parse("import sys as _s\nfrom sys import platform\nimport platform\nx = _s.platform\n")
+    assert len(_platform_queries(tree)) == 3
+    assert _platform_queries(ast.parse("import sys\nsys.platform.startswith('linux')\n"))
+
+
+def test_only_the_platform_module_asks_sys_platform() -> None:
+    offenders = {module: found for module in MODULES if module != "_platform"
+                 if (found := _platform_queries(parse(module)))}
+    assert offenders == {}, f"ask reactor._platform instead: {offenders}"
+    assert _platform_queries(parse("_platform")), "_platform should be where the platform is decided"
+
+
+# ---------------------------------------------------------------- no print, no exit
+
+def _print_or_exit_calls(tree: ast.AST) -> list[str]:
+    """Calls of print(), exit(), quit() and sys.exit() (any alias of sys) in ``tree``."""
+    sys_aliases = {"sys"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            sys_aliases.update(a.asname for a in node.names if a.name == "sys" and a.asname)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in ("print", "exit", "quit"):
+            found.append(f"line {node.lineno}: {func.id}()")
+        elif (isinstance(func, ast.Attribute) and func.attr == "exit"
+              and isinstance(func.value, ast.Name) and func.value.id in sys_aliases):
+            found.append(f"line {node.lineno}: sys.exit()")
+    return found
+
+
+def test_print_and_exit_detector_finds_every_form() -> None:
+    tree = ast.parse("import sys as s\nprint('x')\nsys.exit(1)\ns.exit(2)\nexit()\ndef f():\n    print()\n")
+    assert len(_print_or_exit_calls(tree)) == 5
+    assert _print_or_exit_calls(ast.parse("import os\nos._exit(0)\nlogger.info('x')\n")) == []
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_library_code_never_prints_or_exits(module: str) -> None:
+    assert _print_or_exit_calls(parse(module)) == []
+
+
+def test_compat_servers_keep_the_stdlib_handle_error() -> None:
+    # The stdlib's handle_error prints a traceback; that is the stdlib's
+    # documented behaviour, kept as is, not code of ours that prints.
+    for name in dir(rsocketserver):
+        cls = getattr(rsocketserver, name)
+        if isinstance(cls, type) and issubclass(cls, std_socketserver.BaseServer):
+            assert cls.handle_error is std_socketserver.BaseServer.handle_error, name
+
+
+# ---------------------------------------------------------------- docstrings
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_module_has_a_docstring(module: str) -> None:
+    docstring = ast.get_docstring(parse(module))
+    assert docstring and docstring.strip(), f"reactor/{module}.py has no module docstring"
+
+
+# ---------------------------------------------------------------- import side effects
+
+def test_importing_reactor_starts_no_thread_and_opens_no_descriptor() -> None:
+    result = run_python(
+        """
+        import importlib, json, logging, pkgutil, signal, threading
+        from support import open_fds
+
+        catchable = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
+        fds = open_fds()
+        threads = set(threading.enumerate())
+        handlers = {s: signal.getsignal(s) for s in catchable}
+        root_handlers = list(logging.getLogger().handlers)
+
+        import reactor
+        for info in pkgutil.iter_modules(reactor.__path__):
+            importlib.import_module("reactor." + info.name)
+
+        print(json.dumps({
+            "modules": sorted(info.name for info in pkgutil.iter_modules(reactor.__path__)),
+            "new_fds": sorted(open_fds() - fds),
+            "new_threads": sorted(t.name for t in set(threading.enumerate()) - threads),
+            "changed_signals": sorted(int(s) for s in catchable if signal.getsignal(s) != handlers[s]),
+            "wakeup_fd": signal.set_wakeup_fd(-1),
+            "root_logging_handlers_added": len(logging.getLogger().handlers) - len(root_handlers),
+        }))
+        """,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    report = json.loads(result.stdout)
+    assert "loop" in report["modules"]
+    assert report["new_fds"] == []
+    assert report["new_threads"] == []
+    assert report["changed_signals"] == []
+    assert report["wakeup_fd"] == -1
+    assert report["root_logging_handlers_added"] == 0
+
