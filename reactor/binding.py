@@ -203,7 +203,10 @@ def bind_socket(sock: socket.socket, address: Any, *, mode: int | None = None) -
             remove_stale_unix_socket(address, sock_type)
         sock.bind(address)
     except OSError as exc:
-        if exc.errno is None or exc.strerror is None or "cannot bind" in exc.strerror:
+        if exc.errno is None:
+            # CPython raises some errors without an errno ("AF_UNIX path too long").
+            raise type(exc)(f"{exc}: cannot bind {where}") from None
+        if exc.strerror is None or "cannot bind" in exc.strerror:
             raise
         raise _annotated(exc, f"{exc.strerror}: cannot bind {where}") from None
     except (TypeError, OverflowError, ValueError) as exc:
@@ -224,7 +227,8 @@ def _annotated(exc: OSError, message: str) -> OSError:
     if isinstance(exc, socket.gaierror):
         return socket.gaierror(exc.errno, message)
     new = type(exc)(exc.errno, message)
-    new.filename = exc.filename
+    if exc.filename is not None:  # a None filename would still print as ": None"
+        new.filename = exc.filename
     return new
 
 
