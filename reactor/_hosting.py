@@ -22,8 +22,11 @@ Rules
    on a timer with backoff (logged once per burst), anything else detaches
    the server and is raised.
 5. The listener is in the selector exactly when nothing has paused it. Every
-   reason to stop reading (exhaustion, a saturated dispatch) is a named pause
-   reason, so they compose.
+   reason to stop reading (exhaustion, a saturated dispatch, a server at its
+   own limit) is a named pause reason, so they compose.
+6. A server may define ``hosting_started(hosted)`` and ``hosting_stopped(hosted)``
+   to learn of its hosting, e.g. to pause accepting at its own limit or to
+   watch descriptors of its own on the reactor.
 """
 
 from __future__ import annotations
@@ -205,6 +208,9 @@ class HostedServer:
         self._restore_mode = make_nonblocking(self._server, self._fd)
         self._started = True
         self._dispatch.bind(self)
+        hosting_started = getattr(self._server, "hosting_started", None)
+        if hosting_started is not None:
+            hosting_started(self)
         self._sync_registration()
         if self._calls_service_actions and self._service_interval is not None:
             self._service_timer = self.reactor.call_later(self._service_interval, self._periodic_service)
@@ -222,7 +228,10 @@ class HostedServer:
         self._retry = self._service_timer = self._idle_timer = None
         self._sync_registration()
         self.reactor._release_owned_fd(self._fd)
+        hosting_stopped = getattr(self._server, "hosting_stopped", None)
         try:
+            if hosting_stopped is not None:
+                hosting_stopped(self)
             self._dispatch.unbind(self)
         finally:
             if self._restore_mode is not None:
@@ -257,7 +266,9 @@ class HostedServer:
         dispatch = self._dispatch
         taken = 0
         for _ in range(self.accept_batch):
-            if reactor.stopping or self._pause_reasons:
+            # A handler may have stopped the reactor, paused or even removed
+            # this server (detach restored the socket's blocking mode).
+            if reactor.stopping or self._pause_reasons or not self._started:
                 break
             try:
                 request, client_address = server.get_request()
@@ -272,7 +283,8 @@ class HostedServer:
                     self._on_exhausted(exc)
                     break
                 logger.error("%s: listener failed, removing it from the reactor", self.name)
-                reactor.remove_server(server)
+                if self._started:
+                    reactor.remove_server(server)
                 raise
             taken += 1
             if self._exhaustion_retries:
@@ -286,7 +298,7 @@ class HostedServer:
         if taken:
             self.requests_taken += taken
             self._last_activity = reactor.time()
-            if self._calls_service_actions:
+            if self._calls_service_actions and self._started:
                 server.service_actions()
 
     def _on_exhausted(self, exc: OSError) -> None:
