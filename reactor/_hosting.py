@@ -267,8 +267,9 @@ class HostedServer:
         taken = 0
         for _ in range(self.accept_batch):
             # A handler may have stopped the reactor, paused or even removed
-            # this server (detach restored the socket's blocking mode).
-            if reactor.stopping or self._pause_reasons or not self._started:
+            # this server (detach restored the socket's blocking mode); a
+            # signal (SIGTERM) gets to run before another request is taken.
+            if reactor.stopping or reactor.signal_pending or self._pause_reasons or not self._started:
                 break
             try:
                 request, client_address = server.get_request()

@@ -25,7 +25,9 @@ Rules
    loop blocked in another thread's ``select``; the Python-level handler
    appends the signal number to a queue and wakes the loop again, because
    a full waker buffer drops bytes and a dropped byte must not lose a
-   signal. The callback runs in the loop.
+   signal. The callback runs in the loop, as soon as the waker is read, and
+   an accept batch yields while a signal is pending, so a handler that
+   stops the reactor stops it before another request is taken.
 5. ``stop()`` is idempotent, non-blocking and thread-safe, and never
    deadlocks, even from inside a handler: it sets a flag and wakes the loop.
    From that moment no hosted server takes another request; ``serve_forever``
@@ -568,13 +570,28 @@ class Reactor:
         self._pending_signals.append(signum)
         self._waker.wakeup()
 
+    @property
+    def signal_pending(self) -> bool:
+        """True when a handled signal arrived and its callback has not run yet.
+
+        Long-running callbacks (an accept batch) check it to yield early, so a
+        SIGTERM handler that stops the reactor runs before more work is taken.
+        """
+        return bool(self._pending_signals)
+
     def _on_wakeup(self) -> None:
         self._waker.drain()
         pending = self._pending_signals
         arrived: dict[int, None] = {}
         while pending:
             arrived[pending.popleft()] = None  # each signal once per wakeup, in arrival order
+        # Run them now rather than next tick: a stop() must precede any
+        # request that became ready in this same tick.
         for signum in arrived:
             handle = self._signal_handlers.get(signum)
-            if handle is not None:
-                self._ready.append(handle)
+            if handle is None or handle._cancelled:
+                continue
+            try:
+                handle._callback(*handle._args)
+            except Exception:
+                logger.exception("signal %d callback %r raised", signum, handle)
