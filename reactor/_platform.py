@@ -7,6 +7,7 @@ POSIX system is a change to this file alone.
 from __future__ import annotations
 
 import functools
+import os
 import selectors
 import socket
 import sys
@@ -16,6 +17,7 @@ __all__ = [
     "HAS_RECVMSG_TRUNC",
     "HAS_UNIX_SOCKETS",
     "available_selectors",
+    "pidfd_available",
     "ipv6_loopback_available",
     "pollable_selector_class",
 ]
@@ -73,4 +75,18 @@ def ipv6_loopback_available() -> bool:
             probe.bind(("::1", 0))
     except OSError:
         return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def pidfd_available() -> bool:
+    """True when ``os.pidfd_open`` works here (Linux 5.3+): a child's exit can be watched like a socket."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return False
+    try:
+        fd = pidfd_open(os.getpid())
+    except OSError:  # ENOSYS on old kernels, EPERM under some sandboxes
+        return False
+    os.close(fd)
     return True

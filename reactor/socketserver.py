@@ -44,6 +44,7 @@ What differs, on purpose:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import socketserver as _std
 import sys
@@ -51,8 +52,8 @@ import threading
 from typing import Any, Callable
 
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
-from ._hosting import Dispatch, describe_server, process_request_safely
-from ._platform import HAS_RECVMSG_TRUNC
+from ._hosting import Dispatch, HostedServer, describe_server, process_request_safely
+from ._platform import HAS_RECVMSG_TRUNC, pidfd_available
 from .binding import UnixSocketPath, bind_socket, family_for_address
 from .loop import Reactor
 
@@ -63,9 +64,139 @@ logger = logging.getLogger(__name__)
 BaseRequestHandler = _std.BaseRequestHandler
 StreamRequestHandler = _std.StreamRequestHandler
 DatagramRequestHandler = _std.DatagramRequestHandler
-ThreadingMixIn = _std.ThreadingMixIn
-if hasattr(_std, "ForkingMixIn"):
-    ForkingMixIn = _std.ForkingMixIn
+
+
+class ThreadingMixIn(_std.ThreadingMixIn):
+    """Mix-in class to handle each request in a new thread; the stdlib's, tidier.
+
+    Class variables: ``daemon_threads`` (threads do not keep the process
+    alive), ``block_on_close`` (``server_close()`` joins non-daemon threads).
+
+    What differs: a finished request thread is forgotten as it ends (the
+    stdlib keeps it until the next request arrives), so an idle server
+    holds no dead ``Thread`` objects.
+    """
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a thread that runs ``process_request_thread``."""
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address))
+        thread.daemon = self.daemon_threads
+        if self.block_on_close and not thread.daemon:
+            with _REQUEST_THREADS_LOCK:
+                self.__dict__.setdefault("_request_threads", set()).add(thread)
+        thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Run the request, then forget this thread."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with _REQUEST_THREADS_LOCK:
+                self.__dict__.get("_request_threads", set()).discard(threading.current_thread())
+
+    def server_close(self) -> None:
+        """Close the server; with ``block_on_close``, wait for running request threads."""
+        super().server_close()
+        with _REQUEST_THREADS_LOCK:
+            running = list(self.__dict__.get("_request_threads", ()))
+        for thread in running:
+            thread.join()
+
+
+# One lock for every server's thread set: taken for a set operation only.
+_REQUEST_THREADS_LOCK = threading.Lock()
+
+
+if hasattr(os, "fork"):
+
+    class ForkingMixIn(_std.ForkingMixIn):
+        """Mix-in class to handle each request in a new process; the stdlib's, without its stalls.
+
+        Class variables: ``max_children``, ``block_on_close``, ``timeout``.
+
+        What differs, when a Reactor hosts the server (``serve_forever`` does):
+        children are reaped as they exit (a pidfd per child on Linux, else at
+        each ``service_actions``); only this server's own children are waited
+        for, never ``waitpid(-1)``, which could take another component's
+        child; and reaching ``max_children`` pauses accepting until a child
+        exits, where the stdlib blocks the whole loop in ``waitpid``.
+        """
+
+        _hosted: HostedServer | None = None
+
+        def hosting_started(self, hosted: HostedServer) -> None:
+            """Remember the hosting, to pause it at ``max_children`` and watch children's exits."""
+            self._hosted = hosted
+            self._child_watches: dict[int, int] = {}
+
+        def hosting_stopped(self, hosted: HostedServer) -> None:
+            """Stop watching children; they are still reaped by ``collect_children``."""
+            for pid in list(self._child_watches):
+                self._unwatch(pid)
+            self._hosted = None
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            """Fork a child to handle the request (the child never returns here)."""
+            before = set(self.active_children or ())
+            super().process_request(request, client_address)
+            hosted = self._hosted
+            if hosted is None or self.active_children is None:
+                return
+            for pid in self.active_children - before:
+                self._watch(hosted, pid)
+            if len(self.active_children) >= self.max_children:
+                hosted.pause(_PAUSED_MAX_CHILDREN)
+
+        def collect_children(self, *, blocking: bool = False) -> None:
+            """Reap this server's exited children; with ``blocking``, wait for all of them."""
+            children = self.active_children
+            if not children:
+                return
+            if not blocking and self._hosted is None:
+                # Not hosted (handle_request loops): as the stdlib, wait for
+                # room below max_children — but only on our own children.
+                while len(children) >= self.max_children:
+                    self._reap(min(children), block=True)
+            for pid in list(children):
+                self._reap(pid, block=blocking)
+
+        def _reap(self, pid: int, *, block: bool) -> None:
+            try:
+                done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                done = pid  # already reaped
+            if done:
+                self._child_exited(pid)
+
+        def _reap_exited(self, pid: int) -> None:
+            self._reap(pid, block=False)
+
+        def _child_exited(self, pid: int) -> None:
+            if self.active_children is not None:
+                self.active_children.discard(pid)
+            if self._hosted is not None:
+                self._unwatch(pid)
+                if self.active_children is None or len(self.active_children) < self.max_children:
+                    self._hosted.resume(_PAUSED_MAX_CHILDREN)
+
+        def _watch(self, hosted: HostedServer, pid: int) -> None:
+            if not pidfd_available():
+                return
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                return  # already gone or not allowed: service_actions reaps it
+            self._child_watches[pid] = fd
+            hosted.reactor.add_reader(fd, self._reap_exited, pid)
+
+        def _unwatch(self, pid: int) -> None:
+            fd = self._child_watches.pop(pid, None)
+            if fd is not None and self._hosted is not None:
+                if not self._hosted.reactor.closed:
+                    self._hosted.reactor.remove_reader(fd)
+                os.close(fd)
+
+    _PAUSED_MAX_CHILDREN = "max_children"
 
 #: Largest UDP payload (65535 minus headers fits below it), so nothing is cut by default.
 MAX_DATAGRAM_SIZE = 65535
@@ -312,39 +443,39 @@ if hasattr(socket, "AF_UNIX"):
                 self.socket_mode = mode
             super().__init__(server_address, RequestHandlerClass, bind_and_activate, dispatch=dispatch)
 
-    class ThreadingUnixStreamServer(UnixStreamServer, _std.ThreadingUnixStreamServer):
+    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer, _std.ThreadingUnixStreamServer):
         """UnixStreamServer with a thread per request."""
 
-    class ThreadingUnixDatagramServer(UnixDatagramServer, _std.ThreadingUnixDatagramServer):
+    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer, _std.ThreadingUnixDatagramServer):
         """UnixDatagramServer with a thread per request."""
 
 
-# The combined classes list our base first and the stdlib's combined class
-# second: the MRO becomes ours, then the stdlib mixin, then the stdlib base,
-# so the mixin's process_request still wins over BaseServer's, and
-# isinstance(server, stdlib.ThreadingTCPServer) holds.
+# The combined classes list our mixin, our base, then the stdlib's combined
+# class: the MRO is our mixin, our base, the stdlib combined class, the stdlib
+# mixin, the stdlib base. Mixins still win over BaseServer.process_request,
+# and isinstance(server, stdlib.ThreadingTCPServer) holds.
 
 
-class ThreadingUDPServer(UDPServer, _std.ThreadingUDPServer):
+class ThreadingUDPServer(ThreadingMixIn, UDPServer, _std.ThreadingUDPServer):
     """UDPServer with a thread per request."""
 
 
-class ThreadingTCPServer(TCPServer, _std.ThreadingTCPServer):
+class ThreadingTCPServer(ThreadingMixIn, TCPServer, _std.ThreadingTCPServer):
     """TCPServer with a thread per request."""
 
 
 if hasattr(_std, "ForkingMixIn"):
 
-    class ForkingUDPServer(UDPServer, _std.ForkingUDPServer):
+    class ForkingUDPServer(ForkingMixIn, UDPServer, _std.ForkingUDPServer):
         """UDPServer with a process per request."""
 
-    class ForkingTCPServer(TCPServer, _std.ForkingTCPServer):
+    class ForkingTCPServer(ForkingMixIn, TCPServer, _std.ForkingTCPServer):
         """TCPServer with a process per request."""
 
     if sys.version_info >= (3, 12):  # the stdlib added these in 3.12
 
-        class ForkingUnixStreamServer(UnixStreamServer, _std.ForkingUnixStreamServer):
+        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer, _std.ForkingUnixStreamServer):
             """UnixStreamServer with a process per request."""
 
-        class ForkingUnixDatagramServer(UnixDatagramServer, _std.ForkingUnixDatagramServer):
+        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer, _std.ForkingUnixDatagramServer):
             """UnixDatagramServer with a process per request."""
