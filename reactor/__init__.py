@@ -11,6 +11,10 @@ from __future__ import annotations
 from . import socketserver
 from .dispatch import Dispatch, Inline, ThreadPool
 from .loop import Reactor
+from .prefork import Prefork, PreforkError, WorkerBootError
 
-__all__ = ["Dispatch", "Inline", "Reactor", "ThreadPool", "socketserver"]
+__all__ = [
+    "Dispatch", "Inline", "Prefork", "PreforkError", "Reactor", "ThreadPool", "WorkerBootError",
+    "socketserver",
+]
 __version__ = "0.1.0"
