@@ -177,6 +177,8 @@ class HostedServer:
         self._pause_reasons: set[str] = set()
         self._registered = False
         self._started = False
+        self._bound = False
+        self._announced = False
         self._restore_mode: Callable[[], None] | None = None
         self._retry: TimerHandle | None = None
         self._backoff = EXHAUSTION_BACKOFF_MIN
@@ -208,9 +210,11 @@ class HostedServer:
         self._restore_mode = make_nonblocking(self._server, self._fd)
         self._started = True
         self._dispatch.bind(self)
+        self._bound = True  # detach undoes only what start did: a refused bind leaves the pool alone
         hosting_started = getattr(self._server, "hosting_started", None)
         if hosting_started is not None:
             hosting_started(self)
+            self._announced = True
         self._sync_registration()
         if self._calls_service_actions and self._service_interval is not None:
             self._service_timer = self.reactor.call_later(self._service_interval, self._periodic_service)
@@ -228,11 +232,13 @@ class HostedServer:
         self._retry = self._service_timer = self._idle_timer = None
         self._sync_registration()
         self.reactor._release_owned_fd(self._fd)
-        hosting_stopped = getattr(self._server, "hosting_stopped", None)
         try:
-            if hosting_stopped is not None:
-                hosting_stopped(self)
-            self._dispatch.unbind(self)
+            if self._announced:
+                self._announced = False
+                self._server.hosting_stopped(self)
+            if self._bound:
+                self._bound = False
+                self._dispatch.unbind(self)
         finally:
             if self._restore_mode is not None:
                 self._restore_mode()
