@@ -39,6 +39,13 @@ What differs, on purpose:
   :mod:`reactor.dispatch`) used by ``serve_forever()``.
 * While ``serve_forever()`` runs (or a Reactor hosts the server), the
   listening socket is non-blocking; its mode is restored afterwards.
+* Requests are taken in batches until the kernel has none left, so each
+  batch ends with one ``get_request()`` call that raises ``BlockingIOError``
+  (handled quietly), and ``service_actions()`` runs once after a batch
+  rather than after every request.
+* ``ThreadingMixIn`` forgets finished threads at once; ``ForkingMixIn`` reaps
+  children as they exit, waits only for its own, and pauses accepting at
+  ``max_children`` instead of blocking the loop.
 """
 
 from __future__ import annotations
