@@ -109,6 +109,7 @@ class Reactor:
         self._closed = False
         self._tick_lock = threading.Lock()
         self._thread_id: int | None = None
+        self._selecting = False
         self._signal_handlers: dict[int, Handle] = {}
         self._pending_signals: collections.deque[int] = collections.deque()
         self._saved_signal_handlers: dict[int, Any] = {}
@@ -217,7 +218,7 @@ class Reactor:
         handler; never blocks; idempotent.
         """
         self._stopping = True
-        if self._thread_id != threading.get_ident() and not self._closed:
+        if not self._closed and self._needs_wakeup():
             self._waker.wakeup()
 
     def run_once(self, timeout: float | None = None) -> None:
@@ -245,7 +246,15 @@ class Reactor:
 
     def _tick(self, timeout: float | None) -> None:
         wait = self._wait_time(timeout)
-        events = self._selector.select(wait)
+        # A Python signal handler can run in this very thread while select()
+        # is interrupted (PEP 475 then retries it): stop() and
+        # call_soon_threadsafe() must wake us even though they are "in" the
+        # loop thread.
+        self._selecting = True
+        try:
+            events = self._selector.select(wait)
+        finally:
+            self._selecting = False
         ready = self._ready
         for key, mask in events:
             reader, writer = key.data
@@ -492,9 +501,13 @@ class Reactor:
         self._check_open()
         handle = Handle(callback, args)
         self._ready.append(handle)  # deque.append is atomic
-        if self._thread_id != threading.get_ident():
+        if self._needs_wakeup():
             self._waker.wakeup()
         return handle
+
+    def _needs_wakeup(self) -> bool:
+        """True unless called from a callback of this loop (which will look at its state anyway)."""
+        return self._selecting or self._thread_id != threading.get_ident()
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Run ``callback(*args)`` in the loop after ``delay`` seconds; returns a cancellable handle."""

@@ -493,3 +493,50 @@ def test_a_full_waker_never_makes_signals_print_warnings(refused_second_reactor:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == (["refused", "done"] if refused_second_reactor else ["done"])
     assert "wakeup fd" not in result.stderr, result.stderr
+
+
+# A plain Python signal handler (signal.signal, no add_signal_handler) runs in
+# the loop thread while its select() is interrupted, and PEP 475 then retries
+# the select: stop() / shutdown() / call_soon_threadsafe() from there must
+# still wake the loop.
+PLAIN_HANDLER_STOPS = """
+    import selectors, signal, sys
+    from reactor import Reactor, socketserver
+
+    class Quiet(socketserver.BaseRequestHandler):
+        def handle(self):
+            pass
+
+    how = sys.argv[2]
+    server = socketserver.TCPServer(("127.0.0.1", 0), Quiet)
+    if how == "shutdown":
+        signal.signal(signal.SIGTERM, lambda signum, frame: server.shutdown())
+        print("ready", flush=True)
+        server.serve_forever()
+    else:
+        reactor = Reactor(selector=getattr(selectors, sys.argv[1])())
+        reactor.add_server(server)
+        if how == "stop":
+            signal.signal(signal.SIGTERM, lambda signum, frame: reactor.stop())
+        else:
+            signal.signal(signal.SIGTERM,
+                          lambda signum, frame: reactor.call_soon_threadsafe(reactor.stop))
+        print("ready", flush=True)
+        reactor.serve_forever()
+        reactor.remove_server(server)
+        reactor.close()
+    server.server_close()
+    print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["shutdown", "stop", "call_soon_threadsafe"])
+@pytest.mark.parametrize("selector_name", SELECTOR_NAMES)
+def test_plain_signal_handler_in_the_loop_thread_wakes_the_loop(selector_name: str, how: str) -> None:
+    with spawn_python(PLAIN_HANDLER_STOPS, selector_name, how) as proc:
+        assert read_line(proc) == "ready\n"
+        wait_until_asleep(proc)
+        os.kill(proc.pid, signal.SIGTERM)
+        status, out, err = finish(proc)
+    assert status == 0, err
+    assert out.splitlines() == ["stopped"]
