@@ -67,7 +67,8 @@ _ReactorT = TypeVar("_ReactorT", bound="Reactor")
 class FileLike(Protocol):
     """Anything with a ``fileno()``: sockets, files, pipes."""
 
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """The underlying file descriptor."""
 
 
 FileDescriptorLike = int | FileLike
