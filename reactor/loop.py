@@ -246,13 +246,14 @@ class Reactor:
             self._tick_lock.release()
 
     def _tick(self, timeout: float | None) -> None:
-        wait = self._wait_time(timeout)
         # A Python signal handler can run in this very thread while select()
-        # is interrupted (PEP 475 then retries it): stop() and
+        # is interrupted (PEP 475 then retries it), or after the wait was
+        # computed but before select() starts: stop() and
         # call_soon_threadsafe() must wake us even though they are "in" the
         # loop thread.
         self._selecting = True
         try:
+            wait = self._wait_time(timeout)
             events = self._selector.select(wait)
         finally:
             self._selecting = False

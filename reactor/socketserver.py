@@ -247,7 +247,7 @@ class BaseServer(_std.BaseServer):
         # Explicit: in TCPServer's MRO, super() here is the stdlib TCPServer.
         _std.BaseServer.__init__(self, server_address, RequestHandlerClass)
         self.dispatch = dispatch
-        self._serving_lock = threading.Lock()
+        self._serving_lock = threading.RLock()
         self._serving_reactor: Reactor | None = None
         self._serving_thread: int | None = None
         self._serving_done = threading.Event()
@@ -266,22 +266,29 @@ class BaseServer(_std.BaseServer):
         Raises:
             RuntimeError: ``serve_forever()`` is already running.
         """
+        reactor = Reactor()
         with self._serving_lock:
-            if self._shutdown_requested:
-                self._shutdown_requested = False
-                return
             if self._serving_reactor is not None:
+                reactor.close()
                 raise RuntimeError(f"{describe_server(self)}: serve_forever() is already running")
-            reactor = Reactor()
-            self._serving_reactor = reactor
+            # A signal handler calling shutdown() can run between any two of
+            # these lines, in this thread (hence the RLock). The order makes
+            # it either set the flag checked last, or stop the reactor itself
+            # knowing it runs on the serving thread, so it is never lost.
             self._serving_thread = threading.get_ident()
             self._serving_done.clear()
+            self._serving_reactor = reactor
+            if self._shutdown_requested:
+                self._shutdown_requested = False
+                reactor.stop()
         try:
-            reactor.add_server(self, self.dispatch, service_interval=poll_interval, handle_timeouts=False)
-            try:
-                reactor.serve_forever()
-            finally:
-                reactor.remove_server(self)
+            # Shut down before it started: return without binding a dispatch.
+            if not reactor.stopping:
+                reactor.add_server(self, self.dispatch, service_interval=poll_interval, handle_timeouts=False)
+                try:
+                    reactor.serve_forever()
+                finally:
+                    reactor.remove_server(self)
         finally:
             with self._serving_lock:
                 self._serving_reactor = None

@@ -2,12 +2,16 @@
 
 Every example is run twice: with ``--once`` (its own clients, then exit 0) and
 serving (started without ``--once``, a client from this test, then SIGTERM or
-SIGINT, exit 0 with a "stopped by" line).
+SIGINT, exit 0 with a "stopped by" line). The last two tests pin down the
+pattern the examples' signal handling relies on: a plain ``signal.signal``
+handler that calls ``server.shutdown()`` in the serving thread stops
+``serve_forever()`` wherever the signal lands.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -350,7 +354,76 @@ def test_echo_forking_serves_each_client_in_a_child_and_reaps_it(signum: int) ->
         assert server_pid not in pids and len(set(pids)) == 3, (server_pid, pids)
         # While the server still runs: a zombie would still answer kill(pid, 0).
         for pid in pids:
-            wait_for(lambda: process_gone(pid), timeout=10, message=f"child {pid} not reaped by the server")
+            wait_for(functools.partial(process_gone, pid), timeout=10, message=f"child {pid} not reaped by the server")
         assert example.proc.poll() is None
         lines, stderr = example.stop(signum)
     assert_stopped_cleanly(example, lines, stderr, signum)
+
+
+# -- the signal pattern every example relies on --------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_from_a_signal_handler_while_serve_forever_starts_stops_it() -> None:
+    # The examples' handlers call server.shutdown() in the serving thread. A
+    # signal can land at any bytecode, including while serve_forever() is
+    # setting up its reactor; raise_signal() inside Reactor() puts it there
+    # every time (the handler runs as soon as raise_signal returns).
+    code = """
+        import signal
+        import reactor.socketserver as compat
+
+        real_reactor = compat.Reactor
+
+        def reactor_interrupted_by_a_signal(*args, **kwargs):
+            signal.raise_signal(signal.SIGTERM)
+            return real_reactor(*args, **kwargs)
+
+        compat.Reactor = reactor_interrupted_by_a_signal
+        server = compat.TCPServer(("127.0.0.1", 0), compat.BaseRequestHandler)
+        signal.signal(signal.SIGTERM, lambda signum, frame: server.shutdown())
+        server.serve_forever()
+        server.server_close()
+        print("stopped")
+        """
+    try:
+        result = run_python(code, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve_forever() neither returned nor failed within 10 s of a SIGTERM whose handler "
+                    "called shutdown() (deadlock on the server's serving lock, or the shutdown was lost)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "stopped\n"
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_from_a_signal_handler_just_before_select_stops_serve_forever() -> None:
+    # Same pattern, the signal landing in the serving reactor's tick after it
+    # decided how long to wait but before select(): time_until_next() raising
+    # it puts it there every time.
+    code = """
+        import signal
+        import reactor.socketserver as compat
+
+        class ReactorInterruptedBeforeSelect(compat.Reactor):
+            interrupted = False
+
+            def time_until_next(self):
+                if not ReactorInterruptedBeforeSelect.interrupted:
+                    ReactorInterruptedBeforeSelect.interrupted = True
+                    signal.raise_signal(signal.SIGTERM)
+                return super().time_until_next()
+
+        compat.Reactor = ReactorInterruptedBeforeSelect
+        server = compat.TCPServer(("127.0.0.1", 0), compat.BaseRequestHandler)
+        signal.signal(signal.SIGTERM, lambda signum, frame: server.shutdown())
+        server.serve_forever()
+        server.server_close()
+        print("stopped")
+        """
+    try:
+        result = run_python(code, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve_forever() kept waiting in select() for 10 s after a SIGTERM whose handler "
+                    "called shutdown() just before the select")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "stopped\n"
