@@ -1,0 +1,945 @@
+/*
+ * loadgen: the closed-loop load generator of the reactor benchmark.
+ *
+ * The contract (arguments, modes, result line, exit status) is
+ * bench/LOADGEN.md; bench/pyloadgen.py implements the same one in Python.
+ *
+ * One thread drives every connection through one epoll instance.  The run is
+ * a set of "slots", each with exactly one request outstanding: a connection in
+ * flight (crr), an open connection (rr, idle) or a datagram socket (dgram).
+ * Client sockets are registered once, edge-triggered for both directions, so
+ * the hot path never calls epoll_ctl(EPOLL_CTL_MOD).  Timeouts and the short
+ * pause after a failure are handled by a periodic scan of all slots rather
+ * than a timer per slot: a scan every few milliseconds costs little next to
+ * tens of thousands of operations per second.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24 /* Linux 4.2; older libc headers lack it */
+#endif
+
+#define NS_PER_US 1000LL
+#define NS_PER_MS 1000000LL
+#define NS_PER_S 1000000000LL
+/* How often outstanding requests are checked against --timeout. */
+#define SCAN_NS (10 * NS_PER_MS)
+/* How long a slot rests after a failure before it reconnects, so that a
+ * refusing or absent server cannot make the generator spin. */
+#define BACKOFF_NS NS_PER_MS
+#define MAX_EVENTS 256
+#define MAX_ERROR_KINDS 64
+#define STDIN_TOKEN UINT64_MAX /* epoll token of fd 0; slots use their index */
+#define GREETING "Hello, world"
+#define COUNT(array) ((int)(sizeof(array) / sizeof((array)[0])))
+
+enum mode { MODE_CRR, MODE_RR, MODE_DGRAM, MODE_IDLE };
+enum transport { TR_TCP, TR_UNIX, TR_UDP, TR_UNIXDGRAM };
+
+static const char *const mode_names[] = {"crr", "rr", "dgram", "idle"};
+static const char *const transport_names[] = {"tcp", "unix", "udp", "unixdgram"};
+
+struct config {
+    enum mode mode;
+    enum transport transport;
+    const char *address;
+    long concurrency;
+    double duration, warmup, timeout, hold;
+    long message_size;
+    long source_spread;
+};
+
+struct target {
+    struct sockaddr_storage addr;
+    socklen_t len;
+};
+
+enum slot_state {
+    SLOT_CONNECTING, /* non-blocking connect() in progress */
+    SLOT_EXCHANGING, /* request being sent or reply being read */
+    SLOT_HOLDING,    /* idle mode: served, now kept open */
+    SLOT_BACKOFF,    /* failed; reconnects at `deadline` */
+    SLOT_DEAD,       /* no socket: not started yet, or failed for good (idle) */
+};
+
+struct slot {
+    int fd;
+    enum slot_state state;
+    bool served; /* got at least one full reply (any connection of this slot) */
+    size_t sent; /* bytes of the request written */
+    size_t got;  /* bytes of the reply read and checked */
+    int64_t started;  /* latency origin of the current exchange */
+    int64_t deadline; /* timeout of the exchange, or end of the backoff */
+};
+
+struct error_kind {
+    char name[16];
+    uint64_t count;
+};
+
+struct samples {
+    uint32_t *us;
+    size_t len, cap;
+};
+
+struct run {
+    const struct config *cfg;
+    struct target target;
+    int epfd;
+    struct epoll_event events[MAX_EVENTS];
+    struct slot *slots;
+    char *request;
+    char *scratch;         /* one byte longer than a reply, to catch long ones */
+    uint64_t connections;  /* sockets opened so far: picks the source address */
+    int64_t timeout_ns;
+    int64_t scan_ns;       /* period of the timeout scan */
+    int64_t next_scan;
+    bool measuring;        /* inside the measured window */
+    int64_t window_open, window_close; /* idle: from start to HOLDING */
+    long pending;          /* idle mode: slots not yet served nor failed */
+    bool stdin_open;       /* fd 0 was open at start */
+    bool stdin_eof;
+    uint64_t exchanges;    /* completed in the whole run (warmup included) */
+    uint64_t ops, errors, lost; /* counted in the window */
+    struct samples latency;
+    struct error_kind kinds[MAX_ERROR_KINDS];
+    size_t nkinds;
+};
+
+/* ---- small utilities ---------------------------------------------------- */
+
+static void die(const char *what)
+{
+    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static void *xmalloc(size_t size)
+{
+    void *p = malloc(size);
+    if (!p)
+        die("malloc");
+    return p;
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
+}
+
+static int64_t seconds_to_ns(double s)
+{
+    return (int64_t)llround(s * NS_PER_S);
+}
+
+static const char *errno_name(int err, char buf[16])
+{
+#define E(x) {x, #x}
+    static const struct { int code; const char *name; } names[] = {
+        E(ECONNREFUSED), E(ECONNRESET), E(ETIMEDOUT), E(EADDRNOTAVAIL), E(EADDRINUSE),
+        E(EPIPE), E(EAGAIN), E(EMFILE), E(ENFILE), E(ENOBUFS), E(ENOMEM),
+        E(EHOSTUNREACH), E(ENETUNREACH), E(ECONNABORTED), E(EINPROGRESS),
+        E(ENOENT), E(EACCES), E(EPERM), E(EMSGSIZE), E(ENOTCONN),
+    };
+#undef E
+    for (int i = 0; i < COUNT(names); i++)
+        if (names[i].code == err)
+            return names[i].name;
+    snprintf(buf, 16, "E%d", err);
+    return buf;
+}
+
+/* ---- arguments ---------------------------------------------------------- */
+
+static const char usage[] =
+    "usage: loadgen --mode crr|rr|dgram|idle --transport tcp|unix|udp|unixdgram --address ADDR\n"
+    "               [--concurrency N] [--duration S] [--warmup S] [--message-size B]\n"
+    "               [--source-spread K] [--timeout S] [--hold S]\n";
+
+static void __attribute__((noreturn, format(printf, 1, 2))) bad_usage(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("loadgen: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fputs(usage, stderr);
+    exit(2);
+}
+
+static int parse_name(const char *option, const char *text, const char *const *names, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (strcmp(text, names[i]) == 0)
+            return i;
+    bad_usage("--%s: unknown value '%s'", option, text);
+}
+
+static long parse_long(const char *option, const char *text, long min, long max)
+{
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno || end == text || *end || value < min || value > max)
+        bad_usage("--%s: expected an integer from %ld to %ld, got '%s'", option, min, max, text);
+    return value;
+}
+
+static double parse_seconds(const char *option, const char *text, bool zero_ok)
+{
+    char *end;
+    errno = 0;
+    double value = strtod(text, &end);
+    /* The cap keeps every deadline far from int64 nanosecond overflow. */
+    if (errno || end == text || *end || !isfinite(value) || value < 0 || value > 1e6 ||
+        (value == 0 && !zero_ok))
+        bad_usage("--%s: expected %s number of seconds, got '%s'", option,
+                  zero_ok ? "a non-negative" : "a positive", text);
+    return value;
+}
+
+static void parse_args(int argc, char **argv, struct config *c)
+{
+    enum { O_MODE, O_TRANSPORT, O_ADDRESS, O_CONCURRENCY, O_DURATION, O_WARMUP,
+           O_MESSAGE_SIZE, O_SOURCE_SPREAD, O_TIMEOUT, O_HOLD, O_HELP };
+    static const struct option options[] = {
+        {"mode", required_argument, NULL, O_MODE},
+        {"transport", required_argument, NULL, O_TRANSPORT},
+        {"address", required_argument, NULL, O_ADDRESS},
+        {"concurrency", required_argument, NULL, O_CONCURRENCY},
+        {"duration", required_argument, NULL, O_DURATION},
+        {"warmup", required_argument, NULL, O_WARMUP},
+        {"message-size", required_argument, NULL, O_MESSAGE_SIZE},
+        {"source-spread", required_argument, NULL, O_SOURCE_SPREAD},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"hold", required_argument, NULL, O_HOLD},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    *c = (struct config){.concurrency = 1, .duration = 2.0, .warmup = 0.5, .timeout = 2.0,
+                         .hold = 30.0, .message_size = 12};
+    int mode = -1, transport = -1, opt;
+    opterr = 0; /* bad_usage() reports, so that every complaint looks the same */
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        /* An option's value is its index in options[]: that names it in messages. */
+        const char *name = opt >= 0 && opt <= O_HELP ? options[opt].name : NULL;
+        switch (opt) {
+        case O_MODE: mode = parse_name(name, optarg, mode_names, COUNT(mode_names)); break;
+        case O_TRANSPORT: transport = parse_name(name, optarg, transport_names, COUNT(transport_names)); break;
+        case O_ADDRESS: c->address = optarg; break;
+        case O_CONCURRENCY: c->concurrency = parse_long(name, optarg, 1, 1000000); break;
+        case O_DURATION: c->duration = parse_seconds(name, optarg, true); break;
+        case O_WARMUP: c->warmup = parse_seconds(name, optarg, true); break;
+        case O_MESSAGE_SIZE: c->message_size = parse_long(name, optarg, 1, 1L << 24); break;
+        /* 127.0.0.(1 + n % K) must stay a valid last octet. */
+        case O_SOURCE_SPREAD: c->source_spread = parse_long(name, optarg, 0, 255); break;
+        case O_TIMEOUT: c->timeout = parse_seconds(name, optarg, false); break;
+        case O_HOLD: c->hold = parse_seconds(name, optarg, true); break;
+        case O_HELP: fputs(usage, stdout); exit(0);
+        default: bad_usage("bad or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        bad_usage("unexpected argument '%s'", argv[optind]);
+    if (mode < 0 || transport < 0 || !c->address)
+        bad_usage("--mode, --transport and --address are required");
+    c->mode = (enum mode)mode;
+    c->transport = (enum transport)transport;
+    bool datagram = c->transport == TR_UDP || c->transport == TR_UNIXDGRAM;
+    if (datagram != (c->mode == MODE_DGRAM))
+        bad_usage("mode %s does not run over %s", mode_names[c->mode], transport_names[c->transport]);
+}
+
+/* HOST:PORT with an IPv4 literal, or [IPv6]:PORT. */
+static bool parse_inet(const char *text, struct target *t)
+{
+    const char *host = text, *port;
+    size_t host_len;
+    bool v6 = text[0] == '[';
+    if (v6) {
+        const char *close = strchr(text, ']');
+        if (!close || close[1] != ':')
+            return false;
+        host = text + 1;
+        host_len = (size_t)(close - host);
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(text, ':');
+        if (!colon)
+            return false;
+        host_len = (size_t)(colon - text);
+        port = colon + 1;
+    }
+    char buf[INET6_ADDRSTRLEN];
+    if (host_len >= sizeof buf || *port < '0' || *port > '9')
+        return false;
+    memcpy(buf, host, host_len);
+    buf[host_len] = '\0';
+    char *end;
+    long number = strtol(port, &end, 10);
+    if (*end || number < 1 || number > 65535)
+        return false;
+
+    memset(&t->addr, 0, sizeof t->addr);
+    if (v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&t->addr;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)number);
+        t->len = sizeof *a;
+        return inet_pton(AF_INET6, buf, &a->sin6_addr) == 1;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)&t->addr;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)number);
+    t->len = sizeof *a;
+    return inet_pton(AF_INET, buf, &a->sin_addr) == 1;
+}
+
+static bool parse_unix(const char *path, struct target *t)
+{
+    struct sockaddr_un *a = (struct sockaddr_un *)&t->addr;
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof a->sun_path)
+        return false;
+    memset(&t->addr, 0, sizeof t->addr);
+    a->sun_family = AF_UNIX;
+    memcpy(a->sun_path, path, len + 1);
+    t->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+    return true;
+}
+
+static void parse_target(const struct config *c, struct target *t)
+{
+    bool inet = c->transport == TR_TCP || c->transport == TR_UDP;
+    if (!(inet ? parse_inet(c->address, t) : parse_unix(c->address, t)))
+        bad_usage("--address: cannot parse '%s' as %s", c->address,
+                  inet ? "HOST:PORT or [IPV6]:PORT" : "a socket path");
+    if (c->source_spread > 0 && (c->transport != TR_TCP || t->addr.ss_family != AF_INET))
+        bad_usage("--source-spread is for --transport tcp over IPv4 only");
+}
+
+/* ---- accounting --------------------------------------------------------- */
+
+static void count_error(struct run *r, const char *kind)
+{
+    if (!r->measuring)
+        return;
+    r->errors++;
+    for (size_t i = 0; i < r->nkinds; i++) {
+        if (strcmp(r->kinds[i].name, kind) == 0) {
+            r->kinds[i].count++;
+            return;
+        }
+    }
+    if (r->nkinds == MAX_ERROR_KINDS)
+        return; /* a kind beyond the table is still counted in `errors` */
+    struct error_kind *k = &r->kinds[r->nkinds++];
+    snprintf(k->name, sizeof k->name, "%s", kind);
+    k->count = 1;
+}
+
+static void add_sample(struct samples *s, int64_t ns)
+{
+    if (s->len == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 65536;
+        s->us = realloc(s->us, s->cap * sizeof *s->us);
+        if (!s->us)
+            die("realloc");
+    }
+    int64_t us = (ns + NS_PER_US / 2) / NS_PER_US;
+    s->us[s->len++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+}
+
+/* ---- slots -------------------------------------------------------------- */
+
+static bool is_stream(const struct run *r)
+{
+    return r->cfg->transport == TR_TCP || r->cfg->transport == TR_UNIX;
+}
+
+static size_t message_size(const struct run *r)
+{
+    return (size_t)r->cfg->message_size;
+}
+
+/* Slots that got at least one reply: rr's and idle's connections served. */
+static long slots_served(const struct run *r)
+{
+    long served = 0;
+    for (long i = 0; i < r->cfg->concurrency; i++)
+        served += r->slots[i].served;
+    return served;
+}
+
+static void begin_exchange(struct run *r, struct slot *s, int64_t t)
+{
+    s->state = SLOT_EXCHANGING;
+    s->sent = s->got = 0;
+    s->started = t;
+    s->deadline = t + r->timeout_ns;
+}
+
+static void close_slot(struct slot *s)
+{
+    if (s->fd >= 0)
+        close(s->fd); /* also removes it from the epoll set */
+    s->fd = -1;
+}
+
+/* A failed exchange: counted, closed, and (but in idle mode) retried after a pause. */
+static void fail_slot(struct run *r, struct slot *s, const char *kind)
+{
+    count_error(r, kind);
+    close_slot(s);
+    if (r->cfg->mode == MODE_IDLE) {
+        r->pending--;
+        s->state = SLOT_DEAD;
+        return;
+    }
+    s->state = SLOT_BACKOFF;
+    s->deadline = now_ns() + BACKOFF_NS;
+    if (s->deadline < r->next_scan)
+        r->next_scan = s->deadline;
+}
+
+static void fail_slot_errno(struct run *r, struct slot *s, int err)
+{
+    char buf[16];
+    fail_slot(r, s, errno_name(err, buf));
+}
+
+/* Options and source address of a new client socket; 0 or an errno. */
+static int prepare_socket(struct run *r, int fd)
+{
+    const struct config *c = r->cfg;
+    int family = r->target.addr.ss_family;
+    int one = 1;
+    switch (c->transport) {
+    case TR_TCP:
+        /* Small requests go out in one segment anyway; a request larger
+         * than that would have its tail held by Nagle until an ACK. */
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+            return errno;
+        if (c->source_spread > 0) {
+            /* NO_PORT defers the port choice to connect(), which needs the
+             * port unique per 4-tuple only, not per source address. */
+            struct sockaddr_in src = {.sin_family = AF_INET};
+            src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + (uint32_t)(r->connections % (uint64_t)c->source_spread));
+            if (setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) < 0 ||
+                bind(fd, (struct sockaddr *)&src, sizeof src) < 0)
+                return errno;
+        }
+        return 0;
+    case TR_UDP:
+        if (family == AF_INET) {
+            struct sockaddr_in src = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+            return bind(fd, (struct sockaddr *)&src, sizeof src) < 0 ? errno : 0;
+        }
+        struct sockaddr_in6 src6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+        return bind(fd, (struct sockaddr *)&src6, sizeof src6) < 0 ? errno : 0;
+    case TR_UNIXDGRAM: {
+        /* A bare family asks for autobind: a unique abstract name, so the
+         * server has an address to reply to. */
+        struct sockaddr_un src = {.sun_family = AF_UNIX};
+        return bind(fd, (struct sockaddr *)&src, sizeof src.sun_family) < 0 ? errno : 0;
+    }
+    case TR_UNIX:
+        return 0;
+    }
+    return 0;
+}
+
+/* Opens, connects and registers the slot's socket; 0 or an errno.  The
+ * exchange's clock starts just before connect(), as crr's latency requires. */
+static int open_socket(struct run *r, struct slot *s)
+{
+    int type = (is_stream(r) ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC;
+    s->fd = socket(r->target.addr.ss_family, type, 0);
+    if (s->fd < 0)
+        return errno;
+    int err = prepare_socket(r, s->fd);
+    r->connections++;
+    if (err)
+        return err;
+    begin_exchange(r, s, now_ns());
+    bool in_progress = false;
+    if (connect(s->fd, (struct sockaddr *)&r->target.addr, r->target.len) < 0) {
+        if (errno != EINPROGRESS)
+            return errno;
+        in_progress = true;
+    }
+    /* Registering after connect() is safe: EPOLL_CTL_ADD reports readiness
+     * that is already there. */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.u64 = (uint64_t)(s - r->slots)};
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0)
+        return errno;
+    if (in_progress)
+        s->state = SLOT_CONNECTING;
+    return 0;
+}
+
+static void send_request(struct run *r, struct slot *s)
+{
+    size_t size = message_size(r);
+    while (s->sent < size) {
+        ssize_t n = send(s->fd, r->request + s->sent, size - s->sent, MSG_NOSIGNAL);
+        if (n >= 0) {
+            s->sent += (size_t)n;
+        } else if (errno == EAGAIN) {
+            return; /* the next EPOLLOUT edge resumes */
+        } else if (errno != EINTR) {
+            fail_slot_errno(r, s, errno);
+            return;
+        }
+    }
+}
+
+static void start_slot(struct run *r, struct slot *s);
+
+static void complete_exchange(struct run *r, struct slot *s)
+{
+    int64_t t = now_ns();
+    if (r->measuring) {
+        r->ops++;
+        add_sample(&r->latency, t - s->started);
+    }
+    r->exchanges++;
+    s->served = true;
+    switch (r->cfg->mode) {
+    case MODE_CRR:
+        close_slot(s);
+        start_slot(r, s);
+        break;
+    case MODE_IDLE:
+        s->state = SLOT_HOLDING;
+        r->pending--;
+        break;
+    case MODE_RR:
+    case MODE_DGRAM:
+        begin_exchange(r, s, t);
+        send_request(r, s);
+        break;
+    }
+}
+
+/* With nothing bound to the server's port, the kernel may pick that very
+ * port as the client's (a TCP simultaneous open, or a UDP socket sending to
+ * itself), and the client would then "echo" its own requests.  That can
+ * only happen when no server owns the port: report it as the refusal it is. */
+static bool connected_to_self(const struct run *r, int fd)
+{
+    struct sockaddr_storage local;
+    socklen_t len = sizeof local;
+    if (getsockname(fd, (struct sockaddr *)&local, &len) < 0 || local.ss_family != r->target.addr.ss_family)
+        return false;
+    if (local.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&local;
+        const struct sockaddr_in *b = (const struct sockaddr_in *)&r->target.addr;
+        return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&local;
+    const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)&r->target.addr;
+    return a->sin6_port == b->sin6_port && memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr) == 0;
+}
+
+static void on_connected(struct run *r, struct slot *s)
+{
+    bool inet = r->cfg->transport == TR_TCP || r->cfg->transport == TR_UDP;
+    if (inet && connected_to_self(r, s->fd)) {
+        fail_slot_errno(r, s, ECONNREFUSED);
+        return;
+    }
+    /* rr and dgram time each exchange from its send; crr and idle time the
+     * connect() too (idle's "served within --timeout" counts from it). */
+    if (r->cfg->mode == MODE_RR || r->cfg->mode == MODE_DGRAM)
+        begin_exchange(r, s, now_ns());
+    s->state = SLOT_EXCHANGING;
+    send_request(r, s);
+}
+
+static void start_slot(struct run *r, struct slot *s)
+{
+    int err = open_socket(r, s);
+    if (err)
+        fail_slot_errno(r, s, err);
+    else if (s->state == SLOT_EXCHANGING)
+        on_connected(r, s); /* unix and datagram sockets connect at once */
+}
+
+/* Edge-triggered: read until the reply is complete or the socket is drained.
+ * Asking for one byte more than is missing catches an over-long reply. */
+static void read_stream_reply(struct run *r, struct slot *s)
+{
+    size_t size = message_size(r);
+    for (;;) {
+        size_t missing = size - s->got;
+        ssize_t n = recv(s->fd, r->scratch, missing + 1, 0);
+        if (n > 0) {
+            if ((size_t)n > missing || memcmp(r->scratch, r->request + s->got, (size_t)n) != 0) {
+                fail_slot(r, s, "MISMATCH");
+                return;
+            }
+            s->got += (size_t)n;
+            if (s->got == size) {
+                complete_exchange(r, s);
+                return;
+            }
+        } else if (n == 0) {
+            fail_slot(r, s, "EOF");
+            return;
+        } else if (errno == EAGAIN) {
+            return;
+        } else if (errno != EINTR) {
+            fail_slot_errno(r, s, errno);
+            return;
+        }
+    }
+}
+
+static void read_datagram_reply(struct run *r, struct slot *s)
+{
+    size_t size = message_size(r);
+    for (;;) {
+        ssize_t n = recv(s->fd, r->scratch, size + 1, 0);
+        if (n >= 0) {
+            if ((size_t)n != size || memcmp(r->scratch, r->request, size) != 0)
+                fail_slot(r, s, "MISMATCH");
+            else
+                complete_exchange(r, s);
+            return;
+        }
+        if (errno == EAGAIN)
+            return;
+        if (errno != EINTR) {
+            fail_slot_errno(r, s, errno); /* udp: ICMP port unreachable */
+            return;
+        }
+    }
+}
+
+static int socket_error(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 ? errno : err;
+}
+
+static void on_slot_event(struct run *r, struct slot *s, uint32_t events)
+{
+    const uint32_t writable = EPOLLOUT | EPOLLERR | EPOLLHUP;
+    const uint32_t readable = EPOLLIN | EPOLLERR | EPOLLHUP;
+    switch (s->state) {
+    case SLOT_CONNECTING:
+        if (events & writable) {
+            int err = socket_error(s->fd);
+            if (err)
+                fail_slot_errno(r, s, err);
+            else
+                on_connected(r, s);
+        }
+        return;
+    case SLOT_EXCHANGING:
+        if ((events & writable) && s->sent < message_size(r))
+            send_request(r, s);
+        /* A large request is echoed while it is still being sent: read
+         * on, or both sides could block on full buffers. */
+        if (s->state == SLOT_EXCHANGING && (events & readable)) {
+            if (is_stream(r))
+                read_stream_reply(r, s);
+            else
+                read_datagram_reply(r, s);
+        }
+        return;
+    case SLOT_HOLDING:
+        return; /* idle: what becomes of a held connection is not counted */
+    case SLOT_BACKOFF:
+    case SLOT_DEAD:
+        return; /* no socket, so no event: closing it removed it from epoll */
+    }
+}
+
+/* A dgram timeout is a loss, not an error.  The next request goes out on a
+ * fresh socket so that the late reply cannot pass for its answer. */
+static void lose_request(struct run *r, struct slot *s)
+{
+    if (r->measuring)
+        r->lost++;
+    close_slot(s);
+    start_slot(r, s);
+}
+
+static void scan_slots(struct run *r, int64_t now)
+{
+    for (long i = 0; i < r->cfg->concurrency; i++) {
+        struct slot *s = &r->slots[i];
+        bool waiting = s->state == SLOT_CONNECTING || s->state == SLOT_EXCHANGING;
+        if (s->state == SLOT_BACKOFF && now >= s->deadline)
+            start_slot(r, s);
+        else if (waiting && now >= s->deadline && is_stream(r))
+            fail_slot(r, s, "TIMEOUT");
+        else if (waiting && now >= s->deadline)
+            lose_request(r, s);
+    }
+}
+
+/* ---- the event loop ----------------------------------------------------- */
+
+static void on_stdin(struct run *r)
+{
+    char buf[4096];
+    ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
+        r->stdin_eof = true;
+}
+
+/* Waits for events, at the latest until `wake_by` or the next scan; returns their count. */
+static int wait_events(struct run *r, int64_t wake_by)
+{
+    int64_t now = now_ns();
+    int64_t until = wake_by < r->next_scan ? wake_by : r->next_scan;
+    int timeout_ms = until <= now ? 0 : (int)((until - now + NS_PER_MS - 1) / NS_PER_MS);
+    int n = epoll_wait(r->epfd, r->events, MAX_EVENTS, timeout_ms);
+    if (n < 0) {
+        if (errno != EINTR)
+            die("epoll_wait");
+        return 0;
+    }
+    return n;
+}
+
+static void dispatch_events(struct run *r, int n)
+{
+    for (int i = 0; i < n; i++) {
+        uint64_t token = r->events[i].data.u64;
+        if (token == STDIN_TOKEN)
+            on_stdin(r);
+        else
+            on_slot_event(r, &r->slots[token], r->events[i].events);
+    }
+}
+
+static void scan_if_due(struct run *r, int64_t now)
+{
+    if (now < r->next_scan)
+        return;
+    r->next_scan = now + r->scan_ns;
+    scan_slots(r, now);
+}
+
+/* One turn of the loop: wait, handle events, scan; returns the time it woke. */
+static int64_t turn(struct run *r, int64_t wake_by, int64_t window_start)
+{
+    int n = wait_events(r, wake_by);
+    int64_t now = now_ns();
+    if (!r->measuring && now >= window_start) {
+        r->measuring = true;
+        r->window_open = now;
+    }
+    dispatch_events(r, n);
+    scan_if_due(r, now);
+    return now;
+}
+
+static void start_all(struct run *r)
+{
+    for (long i = 0; i < r->cfg->concurrency; i++)
+        start_slot(r, &r->slots[i]);
+}
+
+/* crr, rr, dgram: run until the window closes; whatever is in flight then is dropped. */
+static void run_load(struct run *r)
+{
+    int64_t window_start = r->window_open + seconds_to_ns(r->cfg->warmup);
+    int64_t window_end = window_start + seconds_to_ns(r->cfg->duration);
+    r->measuring = r->cfg->warmup == 0; /* count failures of the very first connects */
+    start_all(r);
+    for (;;) {
+        int64_t now = turn(r, r->measuring ? window_end : window_start, window_start);
+        if (now >= window_end) {
+            r->window_close = now;
+            return;
+        }
+    }
+}
+
+/* Watches stdin for EOF; false if it is at EOF already.  The driver gives
+ * idle runs a pipe and closes it to end the hold.  epoll refuses regular
+ * files and /dev/null (EPERM), whose end is always right there, and a
+ * stdin closed at start has nothing to give either (by now fd 0 may even
+ * be one of our sockets): both count as EOF. */
+static bool watch_stdin(struct run *r)
+{
+    if (!r->stdin_open)
+        return false;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = STDIN_TOKEN};
+    return epoll_ctl(r->epfd, EPOLL_CTL_ADD, STDIN_FILENO, &ev) == 0;
+}
+
+/* idle: serve every connection once, report, hold until stdin's EOF or --hold. */
+static void run_idle(struct run *r)
+{
+    r->measuring = true; /* no warmup: everything counts */
+    r->pending = r->cfg->concurrency;
+    start_all(r);
+    /* Every exchange ends by --timeout at the latest (the scan fails it). */
+    while (r->pending > 0)
+        turn(r, INT64_MAX, 0);
+    r->window_close = now_ns();
+
+    printf("HOLDING %ld\n", slots_served(r));
+    fflush(stdout);
+
+    r->stdin_eof = !watch_stdin(r);
+    int64_t hold_end = now_ns() + seconds_to_ns(r->cfg->hold);
+    while (!r->stdin_eof && turn(r, hold_end, 0) < hold_end)
+        ;
+}
+
+/* ---- result ------------------------------------------------------------- */
+
+static int compare_kinds(const void *a, const void *b)
+{
+    return strcmp(((const struct error_kind *)a)->name, ((const struct error_kind *)b)->name);
+}
+
+static int compare_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest rank: the smallest sample with at least `percent` % of samples at or below it. */
+static void format_percentile(const struct samples *s, unsigned percent, char *buf, size_t size)
+{
+    if (s->len == 0) {
+        snprintf(buf, size, "null");
+        return;
+    }
+    size_t rank = (s->len * percent + 99) / 100; /* ceil(len * percent / 100) >= 1 */
+    snprintf(buf, size, "%" PRIu32 ".0", s->us[rank - 1]);
+}
+
+static long conns_served(const struct run *r)
+{
+    if (r->cfg->mode == MODE_CRR || r->cfg->mode == MODE_DGRAM)
+        return r->exchanges > 0 ? r->cfg->concurrency : 0;
+    return slots_served(r);
+}
+
+static void print_result(struct run *r)
+{
+    const struct config *c = r->cfg;
+    double seconds = (double)(r->window_close - r->window_open) / NS_PER_S;
+    if (r->latency.len > 0) /* qsort() wants a valid array even for no element */
+        qsort(r->latency.us, r->latency.len, sizeof *r->latency.us, compare_u32);
+    qsort(r->kinds, r->nkinds, sizeof *r->kinds, compare_kinds); /* as pyloadgen.py lists them */
+    char p50[32], p99[32];
+    format_percentile(&r->latency, 50, p50, sizeof p50);
+    format_percentile(&r->latency, 99, p99, sizeof p99);
+
+    printf("{\"generator\": \"c\", \"mode\": \"%s\", \"transport\": \"%s\", \"concurrency\": %ld, "
+           "\"seconds\": %.6f, \"ops\": %" PRIu64 ", \"ops_per_s\": %.1f, "
+           "\"errors\": %" PRIu64 ", \"lost\": %" PRIu64 ", \"conns_served\": %ld, "
+           "\"p50_us\": %s, \"p99_us\": %s, \"error_kinds\": {",
+           mode_names[c->mode], transport_names[c->transport], c->concurrency, seconds, r->ops,
+           seconds > 0 ? (double)r->ops / seconds : 0.0, r->errors, r->lost, conns_served(r), p50, p99);
+    for (size_t i = 0; i < r->nkinds; i++)
+        printf("%s\"%s\": %" PRIu64, i ? ", " : "", r->kinds[i].name, r->kinds[i].count);
+    printf("}}\n");
+    fflush(stdout);
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+/* Idle runs hold thousands of connections; the soft limit is often 1024. */
+static void raise_fd_limit(void)
+{
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &limit); /* best effort: EMFILE is then reported per connection */
+    }
+}
+
+static char *make_request(size_t size)
+{
+    char *request = xmalloc(size);
+    memset(request, '.', size);
+    memcpy(request, GREETING, size < strlen(GREETING) ? size : strlen(GREETING));
+    return request;
+}
+
+static void init_run(struct run *r, const struct config *c)
+{
+    /* Before any descriptor is created, which could take the number 0. */
+    *r = (struct run){.cfg = c, .stdin_open = fcntl(STDIN_FILENO, F_GETFD) >= 0};
+    parse_target(c, &r->target);
+    r->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (r->epfd < 0)
+        die("epoll_create1");
+    r->slots = xmalloc((size_t)c->concurrency * sizeof *r->slots);
+    for (long i = 0; i < c->concurrency; i++)
+        r->slots[i] = (struct slot){.fd = -1, .state = SLOT_DEAD};
+    r->request = make_request(message_size(r));
+    r->scratch = xmalloc(message_size(r) + 1);
+    r->timeout_ns = seconds_to_ns(c->timeout);
+    /* Scan at least once per --timeout, but not more often than epoll_wait's
+     * millisecond resolution can wait for. */
+    r->scan_ns = r->timeout_ns < SCAN_NS ? r->timeout_ns : SCAN_NS;
+    if (r->scan_ns < NS_PER_MS)
+        r->scan_ns = NS_PER_MS;
+    r->window_open = now_ns();
+    r->next_scan = r->window_open + r->scan_ns;
+}
+
+static void free_run(struct run *r)
+{
+    close(r->epfd);
+    free(r->slots);
+    free(r->request);
+    free(r->scratch);
+    free(r->latency.us);
+}
+
+int main(int argc, char **argv)
+{
+    struct config config;
+    parse_args(argc, argv, &config);
+    struct run run;
+    init_run(&run, &config);
+    raise_fd_limit();
+    if (config.mode == MODE_IDLE)
+        run_idle(&run);
+    else
+        run_load(&run);
+    /* Closed before the result is printed: idle mode promises that order. */
+    for (long i = 0; i < config.concurrency; i++)
+        close_slot(&run.slots[i]);
+    print_result(&run);
+    free_run(&run);
+    return 0;
+}
