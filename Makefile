@@ -4,12 +4,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+CC ?= cc
+BENCH_CFLAGS ?= -O2 -Wall -Wextra -Werror -std=gnu11
 TEST_VERSIONS ?= 3.10 3.11 3.12 3.13
 
 VPY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help bootstrap demo test typecheck test-all test-one clean
+.PHONY: help bootstrap demo test typecheck test-all test-one bench bench-quick bench-tools clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,6 +26,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 bootstrap: $(VENV)/.installed ## create/refresh the venv (VENV=.venv by default)
+
+# The bench extra (matplotlib for the chart, uvloop and gevent as contenders).
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VPY) -m pip install --quiet -e '.[test,dev,bench]'
+	touch $@
 
 demo: $(VENV)/.installed ## run examples/multi_server.py
 	$(VPY) examples/multi_server.py
@@ -57,6 +65,23 @@ test-all: ## run pytest under every Python in TEST_VERSIONS (.venv-3.X each)
 	echo "=== passed:$${ran:- none}"; \
 	if [ -n "$$skipped" ]; then echo "=== skipped (no interpreter):$$skipped"; fi; \
 	if [ -n "$$failed" ]; then echo "=== FAILED:$$failed"; exit 1; fi
+
+bench/build/%: bench/%.c
+	@mkdir -p bench/build
+	$(CC) $(BENCH_CFLAGS) -o $@ $< -lm
+
+bench-tools: ## build the C load generator and reference server in bench/build
+	@if command -v $(CC) >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory bench/build/loadgen bench/build/echo_server; \
+	else \
+	  echo "no C compiler ($(CC)): the bench uses bench/pyloadgen.py, labelled as such in the report"; \
+	fi
+
+bench: $(VENV)/.bench-installed bench-tools ## full benchmark (~20 min): bench/results/<date>.{json,md,png}
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.bench-installed bench-tools ## a small subset of the benchmark, under a minute
+	$(VPY) bench/run.py --quick $(BENCH_ARGS)
 
 clean: ## remove venvs, caches, egg-info and build output
 	rm -rf $(VENV) .venv-* build dist *.egg-info .pytest_cache .mypy_cache

@@ -1,0 +1,342 @@
+"""Turning benchmark cells into figures: summaries, the terminal table, JSON, markdown and a chart."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from servers import CONTENDERS, label
+
+MB = 1024 * 1024
+
+
+# -- summaries ------------------------------------------------------------------
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarise_throughput(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the pairs; the ratio is the median of per-pair contender/reference ratios."""
+    runs = [p["contender"] for p in pairs]
+    refs = [p["reference"] for p in pairs]
+    ratios = [r["ops_per_s"] / f["ops_per_s"] for r, f in zip(runs, refs) if f["ops_per_s"]]
+    return {
+        "ops_per_s": _median([r["ops_per_s"] for r in runs]),
+        "reference_ops_per_s": _median([f["ops_per_s"] for f in refs]),
+        "ratio_to_reference": _median(ratios),
+        "pair_ratios": [round(x, 4) for x in ratios],
+        "p50_us": _median([r["p50_us"] for r in runs]),
+        "p99_us": _median([r["p99_us"] for r in runs]),
+        "errors": sum(r["errors"] for r in runs),
+        "lost": sum(r["lost"] for r in runs),
+        "ops": sum(r["ops"] for r in runs),
+        "error_kinds": _sum_kinds(runs),
+        "conns_served": min(r["conns_served"] for r in runs),
+        "server_cpu_percent": _median([r["server_cpu_percent"] for r in runs]),
+        "server_peak_rss": max(r["server_peak_rss"] for r in runs),
+    }
+
+
+def _sum_kinds(runs: list[dict[str, Any]]) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for run in runs:
+        for kind, count in run.get("error_kinds", {}).items():
+            if count:
+                kinds[kind] = kinds.get(kind, 0) + count
+    return kinds
+
+
+def summarise_shutdown(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median stop and close times."""
+    return {"stop_ms": _median([1000 * r["stop_s"] for r in runs]),
+            "close_ms": _median([1000 * r["close_s"] for r in runs]),
+            "max_stop_ms": max(1000 * r["stop_s"] for r in runs)}
+
+
+def summarise_memory(run: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """Memory while holding the connections, and its growth per connection."""
+    pss, base_pss = run["pss"], run["base_pss"]
+    growth = (pss - base_pss) if pss is not None and base_pss is not None else run["rss"] - run["base_rss"]
+    return {"served": run["served"], "of": concurrency, "processes": run["processes"], "threads": run["threads"],
+            "rss_mb": run["rss"] / MB, "pss_mb": None if pss is None else pss / MB,
+            "kb_per_connection": growth / 1024 / max(1, run["served"])}
+
+
+def one_line(cell: dict[str, Any]) -> str:
+    """A progress line for a finished cell."""
+    if cell["status"] != "ok":
+        return f"{cell['status']}: {cell.get('reason', '')}"
+    s = cell["summary"]
+    if cell["kind"] == "throughput":
+        return (f"{_num(s['ops_per_s'])} ops/s, {_ratio(s['ratio_to_reference'])} of reference, "
+                f"p99 {_ms(s['p99_us'])} ms, errors {s['errors']}, lost {s['lost']}")
+    if cell["kind"] == "shutdown":
+        return f"stop {s['stop_ms']:.1f} ms, close {s['close_ms']:.1f} ms"
+    return f"{s['served']}/{s['of']} held, PSS {_num(s['pss_mb'])} MB, {s['kb_per_connection']:.0f} KB/connection"
+
+
+# -- comparisons ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio the issue asks for."""
+
+    workload: str
+    contender: str
+    versus: str
+    minimum: float
+    what: str
+
+
+TARGETS = [
+    Target("crr-tcp-c50", "reactor-threadpool", "stdlib-threading", 1.5,
+           "short connections: ThreadPool / ThreadingTCPServer"),
+    Target("crr-tcp-c50", "reactor-prefork", "stdlib-forking", 10.0,
+           "short connections: Prefork / ForkingTCPServer"),
+    Target("crr-tcp-c50", "reactor-inline", "stdlib-inline", 1.0, "short connections: Inline / TCPServer"),
+    Target("cpu-tcp-c8", "reactor-prefork", "reactor-inline", 1.7, "CPU-bound: Prefork(2) / Inline"),
+]
+#: "Within reach of asyncio" on persistent connections, read as at least this ratio.
+WITHIN_REACH = 0.8
+REACTOR = [name for name in CONTENDERS if name.startswith("reactor-")]
+
+
+def _scores(cells: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """Normalised throughput (ratio to the reference) per (workload, contender)."""
+    return {(c["workload"], c["contender"]): c["summary"]["ratio_to_reference"]
+            for c in cells if c["kind"] == "throughput" and c["status"] == "ok"
+            and c["summary"]["ratio_to_reference"]}
+
+
+def compare(cells: list[dict[str, Any]], workload: str, a: str, b: str) -> float | None:
+    """Throughput of ``a`` over ``b`` on a workload, each normalised by its paired reference runs."""
+    scores = _scores(cells)
+    if (workload, a) in scores and (workload, b) in scores:
+        return scores[workload, a] / scores[workload, b]
+    return None
+
+
+def headline(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, and the best reactor strategy against asyncio on persistent connections."""
+    rows = []
+    for t in TARGETS:
+        ratio = compare(cells, t.workload, t.contender, t.versus)
+        rows.append({"what": t.what, "workload": t.workload, "ratio": ratio, "target": t.minimum,
+                     "met": None if ratio is None else ratio >= t.minimum})
+    scores = _scores(cells)
+    for workload in sorted({w for w, _ in scores if w.startswith("rr-")}, key=_workload_order):
+        best = max((c for c in REACTOR if (workload, c) in scores), key=lambda c: scores[workload, c], default=None)
+        ratio = None if best is None else compare(cells, workload, best, "asyncio")
+        rows.append({"what": f"persistent connections: best reactor ({_short(best)}) / asyncio",
+                     "workload": workload, "ratio": ratio, "target": WITHIN_REACH,
+                     "met": None if ratio is None else ratio >= WITHIN_REACH})
+    return rows
+
+
+def _workload_order(key: str) -> tuple[str, int]:
+    name, _, conc = key.rpartition("-c")
+    return name, int(conc)
+
+
+def _short(contender: str | None) -> str:
+    return "none" if contender is None else contender.removeprefix("reactor-")
+
+
+# -- formatting -----------------------------------------------------------------
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+
+
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.2f}"
+
+
+def _cell_label(cell: dict[str, Any]) -> str:
+    return label(cell["contender"], cell["transport"])
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _throughput_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for c in cells:
+        if c["status"] != "ok":
+            rows.append([_cell_label(c), c["status"], "", "", "", "", "", "", c.get("reason", "")])
+            continue
+        s = c["summary"]
+        errors = f"{s['errors']}" + (f" ({', '.join(f'{k} {v}' for k, v in s['error_kinds'].items())})"
+                                     if s["error_kinds"] else "")
+        rows.append([_cell_label(c), _num(s["ops_per_s"]), _ratio(s["ratio_to_reference"]),
+                     _ms(s["p50_us"]), _ms(s["p99_us"]), errors, f"{s['lost']}",
+                     f"{s['server_cpu_percent']:.0f}", f"{s['server_peak_rss'] / MB:.0f}"])
+    return rows
+
+
+def markdown(results: dict[str, Any], chart_name: str | None) -> str:
+    """The full report."""
+    meta, cells = results["meta"], results["cells"]
+    out = [f"# reactor benchmark, {meta['date']}", ""]
+    out += [f"- commit `{meta['commit']}`, Python {meta['python']}, {meta['platform']}, {meta['cpus']} CPUs",
+            f"- load generator: {meta['generator']}", f"- reference server: {meta['reference']}",
+            f"- placement: {meta['placement']}; CPU-bound workload: {meta['placement_cpu_workload']}",
+            f"- {meta['pairs']} reference/contender pairs per throughput cell, {meta['warmup_s']} s warm-up "
+            f"+ {meta['duration_s']} s measured per run; plan `{meta['plan']}`, {meta['elapsed_s']} s in all",
+            "- Figures are medians. `x ref` is the median over pairs of contender / reference throughput, "
+            "each pair run back to back; ratios between contenders divide those medians, so the machine's "
+            "drift between phases cancels.", ""]
+    rows = headline(cells)
+    if any(r["ratio"] is not None for r in rows):
+        out += ["## Headline", ""]
+        out += _table(["comparison", "workload", "ratio", "target", "met"],
+                      [[r["what"], r["workload"], _ratio(r["ratio"]), f">= {r['target']}",
+                        "-" if r["met"] is None else "yes" if r["met"] else "**no**"] for r in rows
+                       if r["ratio"] is not None])
+        out.append("")
+    out += _saturation_section(cells)
+    out += _versus_section(cells)
+    if chart_name:
+        out += [f"![throughput relative to the reference]({chart_name})", ""]
+    by_workload: dict[str, list[dict[str, Any]]] = {}
+    for c in cells:
+        by_workload.setdefault(c["workload"], []).append(c)
+    for key, group in by_workload.items():
+        out += [f"## {meta['workloads'].get(key, key)}", ""]
+        kind = group[0]["kind"]
+        if kind == "throughput":
+            out += _table(["contender", "ops/s", "x ref", "p50 ms", "p99 ms", "errors", "lost", "server CPU %",
+                           "peak RSS MB"], _throughput_rows(group))
+        elif kind == "shutdown":
+            out += _table(["contender", "shutdown() ms", "to all closed ms", "worst shutdown() ms"],
+                          [[_cell_label(c), f"{c['summary']['stop_ms']:.1f}", f"{c['summary']['close_ms']:.1f}",
+                            f"{c['summary']['max_stop_ms']:.1f}"] if c["status"] == "ok"
+                           else [_cell_label(c), c["status"], "", c.get("reason", "")] for c in group])
+        else:
+            out += _table(["contender", "held", "processes", "threads", "RSS MB (sum)", "PSS MB", "KB per connection"],
+                          [_memory_row(c) for c in group])
+        out.append("")
+    return "\n".join(out)
+
+
+def _memory_row(c: dict[str, Any]) -> list[str]:
+    if c["status"] != "ok":
+        return [_cell_label(c), c["status"], "", "", "", "", c.get("reason", "")]
+    s = c["summary"]
+    return [_cell_label(c), f"{s['served']}/{s['of']}", f"{s['processes']}", f"{s['threads']}",
+            f"{s['rss_mb']:.1f}", "-" if s["pss_mb"] is None else f"{s['pss_mb']:.1f}",
+            f"{s['kb_per_connection']:.0f}"]
+
+
+def _saturation_section(cells: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for key in dict.fromkeys(c["workload"] for c in cells if c["kind"] == "throughput"):
+        ok = [c for c in cells if c["workload"] == key and c["status"] == "ok"]
+        if not ok:
+            continue
+        best = max(ok, key=lambda c: c["summary"]["ops_per_s"])
+        reference = _median([c["summary"]["reference_ops_per_s"] for c in ok])
+        headroom = reference / best["summary"]["ops_per_s"] if reference and best["summary"]["ops_per_s"] else None
+        rows.append([key, _num(reference), f"{_cell_label(best)}: {_num(best['summary']['ops_per_s'])}",
+                     _ratio(headroom)])
+    if not rows:
+        return []
+    return ["## The load generator is not the bottleneck", "",
+            "The same load against the C reference server, in the same run, against the fastest Python contender:",
+            "", *_table(["workload", "reference ops/s", "fastest Python contender ops/s", "reference / fastest"],
+                        rows), ""]
+
+
+def _versus_section(cells: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for key in dict.fromkeys(c["workload"] for c in cells if c["kind"] == "throughput"):
+        for contender in REACTOR:
+            peer = CONTENDERS[contender].stdlib_peer
+            vs_std = compare(cells, key, contender, peer) if peer else None
+            vs_asyncio = compare(cells, key, contender, "asyncio")
+            if vs_std is not None or vs_asyncio is not None:
+                transport = next(c["transport"] for c in cells if c["workload"] == key)
+                rows.append([key, label(contender, transport),
+                             "-" if peer is None or vs_std is None else f"{_ratio(vs_std)} {label(peer, transport)}",
+                             _ratio(vs_asyncio)])
+    if not rows:
+        return []
+    return ["## reactor against its stdlib equivalent and asyncio (throughput ratios)", "",
+            *_table(["workload", "reactor strategy", "vs stdlib equivalent", "vs asyncio"], rows), ""]
+
+
+def terminal_table(results: dict[str, Any]) -> str:
+    """A plain-text table for the terminal."""
+    lines = []
+    for c in results["cells"]:
+        lines.append(f"{c['workload']:<20} {_cell_label(c):<36} {one_line(c)}")
+    for r in headline(results["cells"]):
+        if r["ratio"] is not None:
+            verdict = "met" if r["met"] else "MISSED"
+            lines.append(f"{r['what']} [{r['workload']}]: {_ratio(r['ratio'])} (target >= {r['target']}): {verdict}")
+    return "\n".join(lines)
+
+
+# -- files ------------------------------------------------------------------------
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    """Grouped bars of each contender's throughput relative to the reference; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cells = [c for c in results["cells"] if c["kind"] == "throughput" and c["status"] == "ok"]
+    workloads = list(dict.fromkeys(c["workload"] for c in cells))
+    contenders = [name for name in CONTENDERS if any(c["contender"] == name for c in cells)]
+    if not workloads:
+        return False
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(workloads) + 3), 5.5))
+    width = 0.8 / max(1, len(contenders))
+    scores = _scores(cells)
+    for i, contender in enumerate(contenders):
+        xs = [w + (i - (len(contenders) - 1) / 2) * width for w in range(len(workloads))]
+        ys = [scores.get((key, contender), 0.0) for key in workloads]
+        hatch = "" if contender.startswith("reactor-") else "//"
+        ax.bar(xs, ys, width, label=CONTENDERS[contender].label.format(Base="Server"), hatch=hatch)
+    ax.set_xticks(range(len(workloads)))
+    ax.set_xticklabels(workloads, rotation=20, ha="right")
+    ax.set_ylabel("throughput / C reference (median of pairs)")
+    ax.set_title(f"reactor bench {results['meta']['date']} ({results['meta']['cpus']} CPUs)")
+    ax.legend(fontsize="small", ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_all(results: dict[str, Any], stem: Path) -> list[Path]:
+    """Write ``stem``.json, .md and (with matplotlib) .png; return the paths written."""
+    json_path = stem.with_suffix(".json")
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    png_path = stem.with_suffix(".png")
+    has_chart = chart(results, png_path)
+    md_path = stem.with_suffix(".md")
+    text = markdown(results, png_path.name if has_chart else None)
+    if not has_chart:
+        text += "\n(no chart: matplotlib is not installed; `pip install -e '.[bench]'`)\n"
+    md_path.write_text(text)
+    return [json_path, md_path] + ([png_path] if has_chart else [])

@@ -1,0 +1,441 @@
+"""The benchmark's contenders: one server process per run, all with the same echo logic.
+
+Run: ``python bench/servers.py --contender NAME --transport T --address ADDR
+[--handler echo|cpu] [--concurrency N]``
+
+The process binds, prints ``READY <address>`` (flushed), and serves until
+SIGTERM or SIGINT, then closes everything and exits 0. SIGUSR1 instead stops
+it while timing the stop: it prints ``SHUTDOWN <stop_s> <close_s>``, where
+``stop_s`` runs from the signal to the serving loop having returned (what
+``shutdown()`` costs) and ``close_s`` from the signal to every socket, thread
+and worker being gone (``server_close()`` included).
+
+Every contender runs the same logic on every transport: a stream connection
+echoes each chunk it reads until EOF; a datagram is replied to its sender.
+The ``cpu`` handler burns about 1 ms of its thread's CPU before each reply.
+Every listener has a backlog of 1024.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import socketserver as std
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reactor import Prefork, ThreadPool  # noqa: E402
+from reactor import socketserver as rx  # noqa: E402
+from reactor.dispatch import Dispatch  # noqa: E402
+
+STREAM_TRANSPORTS = ("tcp", "unix")
+DATAGRAM_TRANSPORTS = ("udp", "unixdgram")
+TRANSPORTS = STREAM_TRANSPORTS + DATAGRAM_TRANSPORTS
+BACKLOG = 1024
+CPU_BURN_SECONDS = 0.001
+#: What "unbounded" means when a contender's capacity is compared with a concurrency.
+UNBOUNDED = 1 << 30
+
+
+def burn_cpu() -> None:
+    """Spend about 1 ms of this thread's CPU time."""
+    deadline = time.thread_time() + CPU_BURN_SECONDS
+    while time.thread_time() < deadline:
+        pass
+
+
+# -- the one handler logic, in each API's shape ------------------------------
+
+
+def make_handlers(burn: bool) -> tuple[type[std.BaseRequestHandler], type[std.BaseRequestHandler]]:
+    """Return the (stream, datagram) socketserver handler classes."""
+
+    class StreamEcho(std.BaseRequestHandler):
+        def handle(self) -> None:
+            sock = self.request
+            try:
+                while data := sock.recv(65536):
+                    if burn:
+                        burn_cpu()
+                    sock.sendall(data)
+            except ConnectionError:
+                pass  # a client ending a run with a reply unread resets: not the server's error
+
+    class DatagramEcho(std.BaseRequestHandler):
+        def handle(self) -> None:
+            data, sock = self.request
+            if burn:
+                burn_cpu()
+            sock.sendto(data, self.client_address)
+
+    return StreamEcho, DatagramEcho
+
+
+# -- contenders -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One server implementation under test."""
+
+    name: str
+    label: str
+    transports: tuple[str, ...]
+    #: Stream connections served at once for a given concurrency (persistent workloads).
+    capacity: Callable[[int], int]
+    #: The stdlib contender this one is compared with, if any.
+    stdlib_peer: str | None = None
+    #: Python module that must import for the contender to run.
+    requires: str | None = None
+
+    def available(self) -> bool:
+        """True if this interpreter can run it."""
+        if self.requires is None:
+            return True
+        try:
+            __import__(self.requires)
+        except ImportError:
+            return False
+        return True
+
+
+def pool_size(concurrency: int) -> int:
+    """ThreadPool workers for a run: 8, or one per connection when there are more."""
+    return max(8, concurrency)
+
+
+def prefork_workers() -> int:
+    """Prefork worker processes: one per CPU this process may run on."""
+    return max(2, len(os.sched_getaffinity(0)))
+
+
+def prefork_threads(concurrency: int) -> int:
+    """Threads per Prefork worker: enough for every connection across the workers."""
+    return max(4, -(-concurrency // prefork_workers()))
+
+
+def forking_children(concurrency: int) -> int:
+    """ForkingMixIn.max_children: the stdlib's 40, or one per connection when there are more."""
+    return max(40, concurrency)
+
+
+_STREAM_DGRAM_UNIX = ("tcp", "unix", "udp", "unixdgram")
+_FORKING_TRANSPORTS = ("tcp", "udp", "unix", "unixdgram") if hasattr(std, "ForkingUnixStreamServer") else ("tcp", "udp")
+
+CONTENDERS: dict[str, Contender] = {c.name: c for c in [
+    Contender("stdlib-inline", "stdlib {Base}", _STREAM_DGRAM_UNIX, lambda n: 1),
+    Contender("stdlib-threading", "stdlib Threading{Base}", _STREAM_DGRAM_UNIX, lambda n: UNBOUNDED),
+    Contender("stdlib-forking", "stdlib Forking{Base}", _FORKING_TRANSPORTS, forking_children),
+    Contender("asyncio", "asyncio streams", _STREAM_DGRAM_UNIX, lambda n: UNBOUNDED),
+    Contender("uvloop", "uvloop streams", ("tcp", "unix", "udp"), lambda n: UNBOUNDED, requires="uvloop"),
+    Contender("gevent", "gevent StreamServer", ("tcp", "udp"), lambda n: UNBOUNDED, requires="gevent"),
+    Contender("reactor-inline", "reactor Inline", _STREAM_DGRAM_UNIX, lambda n: 1, "stdlib-inline"),
+    Contender("reactor-threadpool", "reactor ThreadPool", _STREAM_DGRAM_UNIX, pool_size, "stdlib-threading"),
+    Contender("reactor-prefork", "reactor Prefork", _STREAM_DGRAM_UNIX, lambda n: prefork_workers(), "stdlib-forking"),
+    Contender("reactor-prefork-threads", "reactor Prefork+threads", _STREAM_DGRAM_UNIX,
+              lambda n: prefork_workers() * prefork_threads(n), "stdlib-forking"),
+]}
+
+_STDLIB_BASE = {"tcp": "TCPServer", "udp": "UDPServer", "unix": "UnixStreamServer", "unixdgram": "UnixDatagramServer"}
+
+
+def stdlib_class_name(contender: str, transport: str) -> str:
+    """The socketserver class a stdlib contender uses on a transport, e.g. ``ThreadingTCPServer``."""
+    return CONTENDERS[contender].label.format(Base=_STDLIB_BASE[transport]).removeprefix("stdlib ")
+
+
+def label(contender: str, transport: str) -> str:
+    """How the report names a contender on a transport."""
+    return CONTENDERS[contender].label.format(Base=_STDLIB_BASE[transport])
+
+
+# -- addresses ----------------------------------------------------------------
+
+
+def parse_address(transport: str, text: str) -> Any:
+    """``HOST:PORT`` / ``[V6]:PORT`` for tcp and udp, a path for the unix transports."""
+    if transport in ("unix", "unixdgram"):
+        return text
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def format_address(transport: str, address: Any) -> str:
+    """The inverse of ``parse_address`` for a bound address."""
+    if transport in ("unix", "unixdgram"):
+        return str(address)
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- socketserver-shaped contenders (stdlib and reactor) ----------------------
+
+
+def _socketserver_class(module: Any, contender: str, transport: str) -> type[Any]:
+    if contender.startswith("reactor-"):
+        base_name = _STDLIB_BASE[transport]
+    else:
+        base_name = stdlib_class_name(contender, transport)
+    base = getattr(module, base_name)
+
+    class Server(base):  # type: ignore[misc, valid-type]
+        request_queue_size = BACKLOG
+        allow_reuse_address = True
+        # The stdlib's 8192 would truncate nothing here, but keep every contender alike.
+        max_packet_size = 65535
+
+    Server.__name__ = base_name
+    return Server
+
+
+def _reactor_dispatch(contender: str, concurrency: int) -> Dispatch | None:
+    if contender == "reactor-inline":
+        return None
+    if contender == "reactor-threadpool":
+        size = pool_size(concurrency)
+        return ThreadPool(size, size, drain_timeout=5)
+    threads = prefork_threads(concurrency) if contender == "reactor-prefork-threads" else 0
+    # The master's signals are this script's: SIGTERM/SIGUSR1 end serve_forever() here.
+    return Prefork(prefork_workers(), threads=threads, graceful_timeout=5, handle_signals=False)
+
+
+def build_socketserver(contender: str, transport: str, address: Any, burn: bool, concurrency: int) -> Any:
+    """A bound stdlib or reactor server for the contender."""
+    stream_handler, dgram_handler = make_handlers(burn)
+    handler = stream_handler if transport in STREAM_TRANSPORTS else dgram_handler
+    if contender.startswith("reactor-"):
+        cls = _socketserver_class(rx, contender, transport)
+        server = cls(address, handler, dispatch=_reactor_dispatch(contender, concurrency))
+    else:
+        cls = _socketserver_class(std, contender, transport)
+        server = cls(address, handler)
+        if contender == "stdlib-forking":
+            server.max_children = forking_children(concurrency)
+    return server
+
+
+def serve_socketserver(server: Any, transport: str, prefork: bool) -> None:
+    """Serve until SIGTERM/SIGINT, or time a stop on SIGUSR1."""
+    if prefork:
+        serve_in_main_thread(server, transport)
+    else:
+        serve_in_a_thread(server, transport)
+
+
+def serve_in_a_thread(server: Any, transport: str) -> None:
+    # The stdlib's shutdown() must come from another thread than serve_forever():
+    # this one waits for the signal, the serving thread inherits the mask.
+    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="serve_forever")
+    serving.start()
+    announce(transport, server.server_address)
+    signum = signal.sigwait(stop_signals)
+    started = time.perf_counter()
+    server.shutdown()
+    serving.join()
+    stopped = time.perf_counter()
+    server.server_close()
+    closed = time.perf_counter()
+    if signum == signal.SIGUSR1:
+        print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
+
+
+def serve_in_main_thread(server: Any, transport: str) -> None:
+    # Prefork forks when serve_forever() adds the server, and refuses to fork
+    # while other threads run: serve here and stop from a signal handler.
+    timing: dict[str, Any] = {}
+
+    def stop(signum: int, frame: object) -> None:
+        timing.setdefault("started", time.perf_counter())
+        timing.setdefault("signum", signum)
+        server.shutdown()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, stop)
+    # Listening already: connections wait in the backlog until the workers run.
+    announce(transport, server.server_address)
+    server.serve_forever(poll_interval=0.5)
+    stopped = time.perf_counter()
+    server.server_close()
+    closed = time.perf_counter()
+    if timing.get("signum") == signal.SIGUSR1:
+        started = timing["started"]
+        print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
+
+
+def announce(transport: str, address: Any) -> None:
+    """Tell the driver the server is ready and where."""
+    print(f"READY {format_address(transport, address)}", flush=True)
+
+
+# -- asyncio and uvloop -----------------------------------------------------
+
+
+def serve_asyncio(transport: str, address: Any, burn: bool, use_uvloop: bool) -> None:
+    """The same echo on asyncio's streams API (or datagram endpoint), on asyncio's or uvloop's loop."""
+    if use_uvloop:
+        import uvloop
+        runner: Callable[[Any], Any] = uvloop.run
+    else:
+        runner = asyncio.run
+    runner(_asyncio_main(transport, address, burn))
+
+
+async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, burn: bool) -> None:
+    try:
+        while data := await reader.read(65536):
+            if burn:
+                burn_cpu()
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+class _DatagramEcho(asyncio.DatagramProtocol):
+    def __init__(self, burn: bool) -> None:
+        self.burn = burn
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram transport here
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.burn:
+            burn_cpu()
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+
+
+async def _asyncio_main(transport: str, address: Any, burn: bool) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        loop.add_signal_handler(signum, lambda s=signum: done.done() or done.set_result(s))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _echo_stream(reader, writer, burn)
+
+    if transport in STREAM_TRANSPORTS:
+        if transport == "tcp":
+            server = await asyncio.start_server(handle, address[0], address[1], backlog=BACKLOG, reuse_address=True)
+        else:
+            server = await asyncio.start_unix_server(handle, address, backlog=BACKLOG)
+        announce(transport, server.sockets[0].getsockname())
+        serving = asyncio.ensure_future(server.serve_forever())
+        signum = await done
+        started = time.perf_counter()
+        server.close()
+        serving.cancel()  # asyncio's close() ends serve_forever(), uvloop's does not
+        await asyncio.gather(serving, return_exceptions=True)
+        stopped = time.perf_counter()
+        # Connections still open would keep their handlers waiting for the client: end them.
+        handlers = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        closed = time.perf_counter()
+    else:
+        family = socket.AF_UNIX if transport == "unixdgram" else socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind(address)
+        dgram, _ = await loop.create_datagram_endpoint(lambda: _DatagramEcho(burn), sock=sock)
+        announce(transport, sock.getsockname())
+        signum = await done
+        started = time.perf_counter()
+        dgram.close()
+        stopped = closed = time.perf_counter()
+        if transport == "unixdgram":
+            os.unlink(address)
+    if signum == signal.SIGUSR1:
+        print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
+
+
+# -- gevent -----------------------------------------------------------------
+
+
+def serve_gevent(transport: str, address: Any, burn: bool) -> None:
+    """The same echo on gevent's StreamServer / DatagramServer (tcp and udp)."""
+    import gevent
+    import gevent.event
+    import gevent.server
+
+    def stream(sock: Any, peer: Any) -> None:
+        try:
+            while data := sock.recv(65536):
+                if burn:
+                    burn_cpu()
+                sock.sendall(data)
+        except ConnectionError:
+            pass
+
+    if transport == "tcp":
+        server: Any = gevent.server.StreamServer(address, stream, backlog=BACKLOG)
+    else:
+        def datagram(data: bytes, peer: Any) -> None:
+            if burn:
+                burn_cpu()
+            server.sendto(data, peer)
+        server = gevent.server.DatagramServer(address, datagram)
+    server.start()
+    announce(transport, server.address)
+    stop_signal: list[int] = []
+    stopper = gevent.event.Event()
+
+    def on_signal(signum: int) -> None:
+        stop_signal.append(signum)
+        stopper.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        gevent.signal_handler(signum, on_signal, signum)
+    stopper.wait()
+    started = time.perf_counter()
+    server.close()
+    stopped = time.perf_counter()
+    server.stop(timeout=5)
+    closed = time.perf_counter()
+    if stop_signal[0] == signal.SIGUSR1:
+        print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
+
+
+# -- entry point --------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--contender", required=True, choices=sorted(CONTENDERS))
+    parser.add_argument("--transport", required=True, choices=TRANSPORTS)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--handler", choices=("echo", "cpu"), default="echo")
+    parser.add_argument("--concurrency", type=int, default=1, help="sizes pools for persistent connections")
+    args = parser.parse_args(argv)
+    contender = CONTENDERS[args.contender]
+    if args.transport not in contender.transports:
+        parser.error(f"{args.contender} does not serve {args.transport}")
+    address = parse_address(args.transport, args.address)
+    burn = args.handler == "cpu"
+    if args.contender in ("asyncio", "uvloop"):
+        serve_asyncio(args.transport, address, burn, use_uvloop=args.contender == "uvloop")
+    elif args.contender == "gevent":
+        serve_gevent(args.transport, address, burn)
+    else:
+        server = build_socketserver(args.contender, args.transport, address, burn, args.concurrency)
+        serve_socketserver(server, args.transport, prefork=args.contender.startswith("reactor-prefork"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
