@@ -232,7 +232,7 @@ def parse_result(client: LineReader, lines: list[str]) -> dict[str, Any]:
 
 
 def run_cells(session: Session, workloads: list[Workload], contenders: list[Contender]) -> list[dict[str, Any]]:
-    cells = []
+    cells: list[dict[str, Any]] = []
     total = len(workloads) * len(contenders)
     for workload in workloads:
         for contender in contenders:

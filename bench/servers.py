@@ -323,8 +323,13 @@ class _DatagramEcho(asyncio.DatagramProtocol):
 async def _asyncio_main(transport: str, address: Any, burn: bool) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        loop.add_signal_handler(signum, lambda s=signum: done.done() or done.set_result(s))
+
+    def on_signal(signum: int) -> None:
+        if not done.done():
+            done.set_result(signum)
+
+    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        loop.add_signal_handler(stop_signal, on_signal, stop_signal)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _echo_stream(reader, writer, burn)

@@ -6,7 +6,7 @@ shutdown() before serve_forever() does not block, no request is taken after
 shutdown() is called, and server_close() removes a Unix socket file.
 
 No timing assertions: the shutdown latency is measured, and written to a JSON
-file when REACTOR_MEASURE=1 (see also bench/measure_shutdown.py).
+file when REACTOR_MEASURE=1 (the benchmark, `make bench`, measures it properly).
 """
 
 from __future__ import annotations
