@@ -1,9 +1,15 @@
-"""Turning benchmark cells into figures: summaries, the terminal table, JSON, markdown and a chart."""
+"""Turning benchmark cells into figures: summaries, the terminal table, JSON, markdown and a chart.
+
+Run: ``python bench/report.py bench/results/<date>.json`` rewrites that run's
+markdown report and chart (after a change to this file, say).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,6 +170,13 @@ def _ms(us: float | None) -> str:
     return "-" if us is None else f"{us / 1000:.2f}"
 
 
+def _cpu_per_op(summary: dict[str, Any]) -> str:
+    """Server CPU per exchange: its CPU share over the run divided by the rate."""
+    if not summary["ops_per_s"]:
+        return "-"
+    return f"{summary['server_cpu_percent'] / 100 / summary['ops_per_s'] * 1e6:.0f}"
+
+
 def _cell_label(cell: dict[str, Any]) -> str:
     return label(cell["contender"], cell["transport"])
 
@@ -178,14 +191,14 @@ def _throughput_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for c in cells:
         if c["status"] != "ok":
-            rows.append([_cell_label(c), c["status"], "", "", "", "", "", "", c.get("reason", "")])
+            rows.append([_cell_label(c), f"{c['status']}: {c.get('reason', '')}"] + [""] * 8)
             continue
         s = c["summary"]
         errors = f"{s['errors']}" + (f" ({', '.join(f'{k} {v}' for k, v in s['error_kinds'].items())})"
                                      if s["error_kinds"] else "")
         rows.append([_cell_label(c), _num(s["ops_per_s"]), _ratio(s["ratio_to_reference"]),
                      _ms(s["p50_us"]), _ms(s["p99_us"]), errors, f"{s['lost']}",
-                     f"{s['server_cpu_percent']:.0f}", f"{s['server_peak_rss'] / MB:.0f}"])
+                     f"{s['server_cpu_percent']:.0f}", _cpu_per_op(s), f"{s['server_peak_rss'] / MB:.0f}"])
     return rows
 
 
@@ -221,12 +234,12 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
         kind = group[0]["kind"]
         if kind == "throughput":
             out += _table(["contender", "ops/s", "x ref", "p50 ms", "p99 ms", "errors", "lost", "server CPU %",
-                           "peak RSS MB"], _throughput_rows(group))
+                           "CPU us/op", "peak RSS MB (sum)"], _throughput_rows(group))
         elif kind == "shutdown":
             out += _table(["contender", "shutdown() ms", "to all closed ms", "worst shutdown() ms"],
                           [[_cell_label(c), f"{c['summary']['stop_ms']:.1f}", f"{c['summary']['close_ms']:.1f}",
                             f"{c['summary']['max_stop_ms']:.1f}"] if c["status"] == "ok"
-                           else [_cell_label(c), c["status"], "", c.get("reason", "")] for c in group])
+                           else [_cell_label(c), f"{c['status']}: {c.get('reason', '')}", "", ""] for c in group])
         else:
             out += _table(["contender", "held", "processes", "threads", "RSS MB (sum)", "PSS MB", "KB per connection"],
                           [_memory_row(c) for c in group])
@@ -236,7 +249,7 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
 
 def _memory_row(c: dict[str, Any]) -> list[str]:
     if c["status"] != "ok":
-        return [_cell_label(c), c["status"], "", "", "", "", c.get("reason", "")]
+        return [_cell_label(c), f"{c['status']}: {c.get('reason', '')}"] + [""] * 5
     s = c["summary"]
     return [_cell_label(c), f"{s['served']}/{s['of']}", f"{s['processes']}", f"{s['threads']}",
             f"{s['rss_mb']:.1f}", "-" if s["pss_mb"] is None else f"{s['pss_mb']:.1f}",
@@ -315,7 +328,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         xs = [w + (i - (len(contenders) - 1) / 2) * width for w in range(len(workloads))]
         ys = [scores.get((key, contender), 0.0) for key in workloads]
         hatch = "" if contender.startswith("reactor-") else "//"
-        ax.bar(xs, ys, width, label=CONTENDERS[contender].label.format(Base="Server"), hatch=hatch)
+        ax.bar(xs, ys, width, label=label(contender), hatch=hatch)
     ax.set_xticks(range(len(workloads)))
     ax.set_xticklabels(workloads, rotation=20, ha="right")
     ax.set_ylabel("throughput / C reference (median of pairs)")
@@ -340,3 +353,18 @@ def write_all(results: dict[str, Any], stem: Path) -> list[Path]:
         text += "\n(no chart: matplotlib is not installed; `pip install -e '.[bench]'`)\n"
     md_path.write_text(text)
     return [json_path, md_path] + ([png_path] if has_chart else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render the report and chart again from a results JSON file."""
+    parser = argparse.ArgumentParser(description="Rewrite <stem>.md and <stem>.png from <stem>.json.")
+    parser.add_argument("results", type=Path, help="a bench/results/<date>.json file")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    for path in write_all(results, args.results.with_suffix("")):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

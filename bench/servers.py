@@ -136,9 +136,9 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
     Contender("stdlib-inline", "stdlib {Base}", _STREAM_DGRAM_UNIX, lambda n: 1),
     Contender("stdlib-threading", "stdlib Threading{Base}", _STREAM_DGRAM_UNIX, lambda n: UNBOUNDED),
     Contender("stdlib-forking", "stdlib Forking{Base}", _FORKING_TRANSPORTS, forking_children),
-    Contender("asyncio", "asyncio streams", _STREAM_DGRAM_UNIX, lambda n: UNBOUNDED),
-    Contender("uvloop", "uvloop streams", ("tcp", "unix", "udp"), lambda n: UNBOUNDED, requires="uvloop"),
-    Contender("gevent", "gevent StreamServer", ("tcp", "udp"), lambda n: UNBOUNDED, requires="gevent"),
+    Contender("asyncio", "asyncio {Api}", _STREAM_DGRAM_UNIX, lambda n: UNBOUNDED),
+    Contender("uvloop", "uvloop {Api}", ("tcp", "unix", "udp"), lambda n: UNBOUNDED, requires="uvloop"),
+    Contender("gevent", "gevent {Gevent}", ("tcp", "udp"), lambda n: UNBOUNDED, requires="gevent"),
     Contender("reactor-inline", "reactor Inline", _STREAM_DGRAM_UNIX, lambda n: 1, "stdlib-inline"),
     Contender("reactor-threadpool", "reactor ThreadPool", _STREAM_DGRAM_UNIX, pool_size, "stdlib-threading"),
     Contender("reactor-prefork", "reactor Prefork", _STREAM_DGRAM_UNIX, lambda n: prefork_workers(), "stdlib-forking"),
@@ -151,12 +151,17 @@ _STDLIB_BASE = {"tcp": "TCPServer", "udp": "UDPServer", "unix": "UnixStreamServe
 
 def stdlib_class_name(contender: str, transport: str) -> str:
     """The socketserver class a stdlib contender uses on a transport, e.g. ``ThreadingTCPServer``."""
-    return CONTENDERS[contender].label.format(Base=_STDLIB_BASE[transport]).removeprefix("stdlib ")
+    return label(contender, transport).removeprefix("stdlib ")
 
 
-def label(contender: str, transport: str) -> str:
-    """How the report names a contender on a transport."""
-    return CONTENDERS[contender].label.format(Base=_STDLIB_BASE[transport])
+def label(contender: str, transport: str | None = None) -> str:
+    """How the report names a contender on a transport (or across transports, for None)."""
+    template = CONTENDERS[contender].label
+    if transport is None:
+        return template.format(Base="Server", Api="", Gevent="").strip()
+    stream = transport in STREAM_TRANSPORTS
+    return template.format(Base=_STDLIB_BASE[transport], Api="streams" if stream else "datagram endpoint",
+                           Gevent="StreamServer" if stream else "DatagramServer")
 
 
 # -- addresses ----------------------------------------------------------------
