@@ -283,7 +283,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tools", type=Path, default=BENCH / "build",
                         help="where make bench-tools put loadgen and echo_server (default bench/build)")
     parser.add_argument("--out", type=Path, default=BENCH / "results", help="directory for the results")
-    parser.add_argument("--name", help="file name stem for the results (default: today's date)")
+    parser.add_argument("--name", help="file name stem for the results (default: the date, plus -quick)")
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     meta["elapsed_s"] = round((datetime.datetime.now() - started).total_seconds(), 1)
     results = {"meta": meta, "cells": cells}
-    stem = args.name or started.date().isoformat()
+    stem = args.name or started.date().isoformat() + ("-quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     written = report.write_all(results, args.out / stem)
     print()
