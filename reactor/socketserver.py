@@ -61,6 +61,10 @@ from typing import Any, Callable
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._hosting import Dispatch, HostedServer, describe_server, process_request_safely
 from ._platform import HAS_RECVMSG_TRUNC, pidfd_available
+
+# A plain int: ``flags & socket.MSG_TRUNC`` would go through IntFlag's
+# operators, which cost more than the recvmsg_into() call itself.
+_MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0))
 from .binding import UnixSocketPath, bind_socket, family_for_address
 from .loop import Reactor
 
@@ -412,7 +416,7 @@ class UDPServer(TCPServer, _std.UDPServer):
         if buffer is None or len(buffer) != size:
             buffer = self._receive_buffer = memoryview(bytearray(size))
         nbytes, _, flags, client_address = self.socket.recvmsg_into([buffer])
-        if flags & socket.MSG_TRUNC:
+        if flags & _MSG_TRUNC:
             self.truncated_datagrams += 1
             count = self.truncated_datagrams
             if count & (count - 1) == 0:  # 1, 2, 4, 8...: visible, but never a flood
