@@ -70,8 +70,8 @@ QUICK = [
 QUICK_CONTENDERS = ["stdlib-inline", "stdlib-threading", "asyncio", "reactor-inline", "reactor-threadpool"]
 
 
-def why_not(contender: Contender, workload: Workload) -> str | None:
-    """Why ``contender`` cannot run ``workload`` (None if it can)."""
+def why_not(contender: Contender, workload: Workload, server_cpus: int) -> str | None:
+    """Why ``contender`` cannot run ``workload`` on ``server_cpus`` CPUs (None if it can)."""
     if not contender.available():
         return f"{contender.requires} is not installed (pip install -e '.[bench]')"
     if workload.transport not in contender.transports:
@@ -79,7 +79,7 @@ def why_not(contender: Contender, workload: Workload) -> str | None:
     if workload.mode == "dgram" and workload.transport in STREAM_TRANSPORTS:
         return "stream transport"
     if workload.persistent:
-        capacity = contender.capacity(workload.concurrency)
+        capacity = contender.capacity(workload.concurrency, server_cpus)
         if capacity < workload.concurrency:
             return (f"serves {capacity} connection{'s' if capacity > 1 else ''} at a time; "
                     f"the other {workload.concurrency - capacity} would starve")

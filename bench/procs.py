@@ -260,6 +260,24 @@ def pss_bytes(pids: set[int]) -> int | None:
     return total
 
 
+def wait_until_settled(root: int, processes: int, timeout: float = 10.0, interval: float = 0.1) -> None:
+    """Wait until ``root``'s tree has ``processes`` processes and its RSS stopped growing.
+
+    Raises:
+        BenchError: not settled within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    previous = -1
+    while time.monotonic() < deadline:
+        members = tree(root)
+        rss = rss_bytes(members)
+        if len(members) >= processes and rss == previous:
+            return
+        previous = rss
+        time.sleep(interval)  # sampling /proc: nothing to wait on
+    raise BenchError(f"pid {root}: tree not settled at {processes} processes within {timeout:.0f} s")
+
+
 @dataclass
 class Usage:
     """A server tree's resource use over a window."""

@@ -149,7 +149,11 @@ class Session:
     def measure(self, server_pid: int, address: str, workload: Workload) -> dict[str, Any]:
         client = self.loadgen(workload.mode, workload, address, duration=self.args.duration)
         limit = self.args.warmup + self.args.duration + 30
-        lines, usage = procs.watch_until_exit(client, server_pid, limit=limit)
+        try:
+            lines, usage = procs.watch_until_exit(client, server_pid, limit=limit)
+        finally:
+            if client.proc.poll() is None:  # interrupted
+                procs.stop_process(client.proc)
         result = parse_result(client, lines)
         result["server_cpu_percent"] = round(usage.cpu_percent, 1)
         result["server_peak_rss"] = usage.peak_rss
@@ -194,6 +198,8 @@ class Session:
         """Resident memory of the server tree idle, then holding ``concurrency`` idle connections."""
         cpus = self.placement(workload).server
         with self.server(contender, workload, cpus) as (pid, address):
+            # READY comes when the socket listens; pre-fork workers may still be booting.
+            procs.wait_until_settled(pid, CONTENDERS[contender].processes(len(cpus)))
             members = procs.tree(pid)
             base_rss, base_pss = procs.rss_bytes(members), procs.pss_bytes(members)
             client = self.loadgen("idle", workload, address, duration=0, stdin=subprocess.PIPE)
@@ -204,8 +210,12 @@ class Session:
                 threads = sum(count_threads(p) for p in members)
             finally:
                 assert client.proc.stdin is not None
-                client.proc.stdin.close()
-            lines, _ = procs.watch_until_exit(client, pid, limit=60)
+                client.proc.stdin.close()  # the generator closes its connections and exits
+            try:
+                lines, _ = procs.watch_until_exit(client, pid, limit=60)
+            finally:
+                if client.proc.poll() is None:  # interrupted
+                    procs.stop_process(client.proc)
             parse_result(client, lines)
         run = {"served": served, "processes": len(members), "threads": threads,
                "base_rss": base_rss, "rss": rss, "base_pss": base_pss, "pss": pss}
@@ -239,7 +249,7 @@ def run_cells(session: Session, workloads: list[Workload], contenders: list[Cont
             cell: dict[str, Any] = {"workload": workload.key, "name": workload.name, "kind": workload.kind,
                                     "transport": workload.transport, "concurrency": workload.concurrency,
                                     "contender": contender.name}
-            reason = plans.why_not(contender, workload)
+            reason = plans.why_not(contender, workload, len(session.placement(workload).server))
             progress = f"[{len(cells) + 1}/{total}] {workload.key} {contender.name}"
             if reason is not None:
                 cell.update(status="n/a", reason=reason)
@@ -325,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"reactor bench: {meta['generator']}; reference {meta['reference']}; {meta['placement']}", flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="rxb-"))
+    # SIGTERM unwinds like Ctrl-C, so every server and generator started so far is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         cells = run_cells(Session(args, tools, scratch), workloads, contenders)
     finally:

@@ -91,12 +91,14 @@ class Contender:
     name: str
     label: str
     transports: tuple[str, ...]
-    #: Stream connections served at once for a given concurrency (persistent workloads).
-    capacity: Callable[[int], int]
+    #: Stream connections served at once, given (concurrency, server CPUs), for persistent workloads.
+    capacity: Callable[[int, int], int]
     #: The stdlib contender this one is compared with, if any.
     stdlib_peer: str | None = None
     #: Python module that must import for the contender to run.
     requires: str | None = None
+    #: Processes in the server's tree once it is ready, given the server CPUs.
+    processes: Callable[[int], int] = lambda cpus: 1
 
     def available(self) -> bool:
         """True if this interpreter can run it."""
@@ -114,14 +116,14 @@ def pool_size(concurrency: int) -> int:
     return max(8, concurrency)
 
 
-def prefork_workers() -> int:
-    """Prefork worker processes: one per CPU this process may run on."""
-    return max(2, len(os.sched_getaffinity(0)))
+def prefork_workers(cpus: int | None = None) -> int:
+    """Prefork worker processes: one per CPU the server may run on (this process's, by default), at least 2."""
+    return max(2, len(os.sched_getaffinity(0)) if cpus is None else cpus)
 
 
-def prefork_threads(concurrency: int) -> int:
+def prefork_threads(concurrency: int, cpus: int | None = None) -> int:
     """Threads per Prefork worker: enough for every connection across the workers."""
-    return max(4, -(-concurrency // prefork_workers()))
+    return max(4, -(-concurrency // prefork_workers(cpus)))
 
 
 def forking_children(concurrency: int) -> int:
@@ -132,18 +134,26 @@ def forking_children(concurrency: int) -> int:
 _STREAM_DGRAM_UNIX = ("tcp", "unix", "udp", "unixdgram")
 _FORKING_TRANSPORTS = ("tcp", "udp", "unix", "unixdgram") if hasattr(std, "ForkingUnixStreamServer") else ("tcp", "udp")
 
+
+def _prefork_tree(cpus: int) -> int:
+    return 2 + prefork_workers(cpus)  # master, arbiter, workers
+
+
 CONTENDERS: dict[str, Contender] = {c.name: c for c in [
-    Contender("stdlib-inline", "stdlib {Base}", _STREAM_DGRAM_UNIX, lambda n: 1),
-    Contender("stdlib-threading", "stdlib Threading{Base}", _STREAM_DGRAM_UNIX, lambda n: UNBOUNDED),
-    Contender("stdlib-forking", "stdlib Forking{Base}", _FORKING_TRANSPORTS, forking_children),
-    Contender("asyncio", "asyncio {Api}", _STREAM_DGRAM_UNIX, lambda n: UNBOUNDED),
-    Contender("uvloop", "uvloop {Api}", ("tcp", "unix", "udp"), lambda n: UNBOUNDED, requires="uvloop"),
-    Contender("gevent", "gevent {Gevent}", ("tcp", "udp"), lambda n: UNBOUNDED, requires="gevent"),
-    Contender("reactor-inline", "reactor Inline", _STREAM_DGRAM_UNIX, lambda n: 1, "stdlib-inline"),
-    Contender("reactor-threadpool", "reactor ThreadPool", _STREAM_DGRAM_UNIX, pool_size, "stdlib-threading"),
-    Contender("reactor-prefork", "reactor Prefork", _STREAM_DGRAM_UNIX, lambda n: prefork_workers(), "stdlib-forking"),
+    Contender("stdlib-inline", "stdlib {Base}", _STREAM_DGRAM_UNIX, lambda n, cpus: 1),
+    Contender("stdlib-threading", "stdlib Threading{Base}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED),
+    Contender("stdlib-forking", "stdlib Forking{Base}", _FORKING_TRANSPORTS, lambda n, cpus: forking_children(n)),
+    Contender("asyncio", "asyncio {Api}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED),
+    Contender("uvloop", "uvloop {Api}", ("tcp", "unix", "udp"), lambda n, cpus: UNBOUNDED, requires="uvloop"),
+    Contender("gevent", "gevent {Gevent}", ("tcp", "udp"), lambda n, cpus: UNBOUNDED, requires="gevent"),
+    Contender("reactor-inline", "reactor Inline", _STREAM_DGRAM_UNIX, lambda n, cpus: 1, "stdlib-inline"),
+    Contender("reactor-threadpool", "reactor ThreadPool", _STREAM_DGRAM_UNIX, lambda n, cpus: pool_size(n),
+              "stdlib-threading"),
+    Contender("reactor-prefork", "reactor Prefork", _STREAM_DGRAM_UNIX, lambda n, cpus: prefork_workers(cpus),
+              "stdlib-forking", processes=_prefork_tree),
     Contender("reactor-prefork-threads", "reactor Prefork+threads", _STREAM_DGRAM_UNIX,
-              lambda n: prefork_workers() * prefork_threads(n), "stdlib-forking"),
+              lambda n, cpus: prefork_workers(cpus) * prefork_threads(n, cpus), "stdlib-forking",
+              processes=_prefork_tree),
 ]}
 
 _STDLIB_BASE = {"tcp": "TCPServer", "udp": "UDPServer", "unix": "UnixStreamServer", "unixdgram": "UnixDatagramServer"}

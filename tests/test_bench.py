@@ -7,6 +7,7 @@ No timing is asserted here: speed is what ``make bench`` reports, not what tests
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from support import short_unix_dir
+from support import short_unix_dir, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -26,7 +27,7 @@ sys.path.insert(0, str(BENCH))
 
 import plan  # noqa: E402
 import report  # noqa: E402
-from procs import LineReader, stop_process  # noqa: E402
+from procs import LineReader, alive, descendants, stop_process  # noqa: E402
 from servers import CONTENDERS, TRANSPORTS  # noqa: E402
 
 CC = shutil.which("cc")
@@ -135,12 +136,15 @@ def test_comparisons_divide_normalised_figures_and_the_headline_judges_targets()
 
 def test_the_plan_leaves_out_servers_that_would_starve_persistent_connections() -> None:
     rr_50 = next(w for w in plan.FULL if w.key == "rr-tcp-c50")
-    assert plan.why_not(CONTENDERS["reactor-inline"], rr_50) == \
+    assert plan.why_not(CONTENDERS["reactor-inline"], rr_50, 1) == \
         "serves 1 connection at a time; the other 49 would starve"
-    assert plan.why_not(CONTENDERS["reactor-threadpool"], rr_50) is None  # sized to the concurrency
-    assert plan.why_not(CONTENDERS["stdlib-threading"], rr_50) is None
+    assert plan.why_not(CONTENDERS["reactor-prefork"], rr_50, 4) == \
+        "serves 4 connections at a time; the other 46 would starve"  # one worker per server CPU
+    assert plan.why_not(CONTENDERS["reactor-threadpool"], rr_50, 1) is None  # sized to the concurrency
+    assert plan.why_not(CONTENDERS["reactor-prefork-threads"], rr_50, 4) is None
+    assert plan.why_not(CONTENDERS["stdlib-threading"], rr_50, 1) is None
     crr = next(w for w in plan.FULL if w.key == "crr-tcp-c50")
-    assert plan.why_not(CONTENDERS["reactor-inline"], crr) is None  # short connections queue, not starve
+    assert plan.why_not(CONTENDERS["reactor-inline"], crr, 1) is None  # short connections queue, not starve
     assert len({w.key for w in plan.FULL}) == len(plan.FULL)
 
 
@@ -209,3 +213,35 @@ def test_every_workload_of_the_full_plan_runs_on_one_contender_with_the_python_f
     assert memory["served"] == memory["of"] == 1000
     assert by_workload["dgram-udp-c50"]["summary"]["ops"] > 0
     assert "pure Python fallback" in (tmp_path / "smoke.md").read_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_bench_stopped_midway_stops_every_process_it_started(tmp_path: Path, c_tools: Path, signum: int) -> None:
+    bench = subprocess.Popen([sys.executable, str(BENCH / "run.py"), "--workloads", "crr-tcp-c50", "--contenders",
+                              "reactor-prefork", "--pairs", "3", "--duration", "5", "--tools", str(c_tools),
+                              "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # The reference server, the Prefork master, its arbiter and workers, and the generator.
+        def everything_started() -> set[int] | None:
+            family = descendants(bench.pid)
+            return family if len(family) >= 5 else None
+
+        started = wait_for(everything_started, timeout=60, message="the bench did not start its servers and generator")
+        bench.send_signal(signum)
+        bench.wait(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        assert bench.stderr is not None
+        bench.stderr.close()
+    try:
+        wait_for(lambda: not any(alive(pid) for pid in started), timeout=10,
+                 message=lambda: f"left running: {sorted(p for p in started if alive(p))}")
+    finally:
+        for pid in started:  # only on failure: what the bench should have stopped
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert bench.returncode != 0
+    assert not (tmp_path / "smoke.json").exists()
