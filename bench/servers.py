@@ -57,19 +57,23 @@ def burn_cpu() -> None:
 # -- the one handler logic, in each API's shape ------------------------------
 
 
+def echo_blocking_stream(sock: Any, burn: bool) -> None:
+    """Echo every chunk until EOF on a blocking (or gevent) socket."""
+    try:
+        while data := sock.recv(65536):
+            if burn:
+                burn_cpu()
+            sock.sendall(data)
+    except ConnectionError:
+        pass  # a client ending a run with a reply unread resets: not the server's error
+
+
 def make_handlers(burn: bool) -> tuple[type[std.BaseRequestHandler], type[std.BaseRequestHandler]]:
     """Return the (stream, datagram) socketserver handler classes."""
 
     class StreamEcho(std.BaseRequestHandler):
         def handle(self) -> None:
-            sock = self.request
-            try:
-                while data := sock.recv(65536):
-                    if burn:
-                        burn_cpu()
-                    sock.sendall(data)
-            except ConnectionError:
-                pass  # a client ending a run with a reply unread resets: not the server's error
+            echo_blocking_stream(self.request, burn)
 
     class DatagramEcho(std.BaseRequestHandler):
         def handle(self) -> None:
@@ -394,13 +398,7 @@ def serve_gevent(transport: str, address: Any, burn: bool) -> None:
     import gevent.server
 
     def stream(sock: Any, peer: Any) -> None:
-        try:
-            while data := sock.recv(65536):
-                if burn:
-                    burn_cpu()
-                sock.sendall(data)
-        except ConnectionError:
-            pass
+        echo_blocking_stream(sock, burn)
 
     if transport == "tcp":
         server: Any = gevent.server.StreamServer(address, stream, backlog=BACKLOG)
