@@ -337,9 +337,24 @@ class Client(abc.ABC):
         """crr, dgram: every slot counts as served if any exchange completed."""
         return self.config.concurrency if self.stats.replies else 0
 
-    @abc.abstractmethod
     def _open(self) -> None:
         """Give one slot a new socket and start its first step."""
+        try:
+            sock = self._new_socket()
+        except OSError as exc:
+            self._slot_failed(errno_name(exc.errno))
+            return
+        conn = Conn(sock)
+        self.conns.add(conn)
+        self._start(conn)
+
+    @abc.abstractmethod
+    def _new_socket(self) -> socket.socket:
+        """A configured non-blocking socket for a slot (closed again if configuring it fails)."""
+
+    @abc.abstractmethod
+    def _start(self, conn: Conn) -> None:
+        """The first step of a slot's new socket."""
 
     @abc.abstractmethod
     def _on_ready(self, conn: Conn, events: int) -> None:
@@ -430,16 +445,9 @@ class StreamClient(Client):
     def _replied(self, conn: Conn) -> None:
         """``conn`` has just received a full, correct reply (already counted)."""
 
-    def _open(self) -> None:
-        try:
-            sock = self._new_socket()
-        except OSError as exc:
-            self._slot_failed(errno_name(exc.errno))
-            return
-        conn = Conn(sock)
-        self.conns.add(conn)
+    def _start(self, conn: Conn) -> None:
         self._arm(conn)
-        error = sock.connect_ex(self.config.address)
+        error = conn.sock.connect_ex(self.config.address)
         if error == 0:  # unix sockets connect at once
             self._connected(conn)
         elif error == errno.EINPROGRESS:
@@ -619,14 +627,7 @@ class DatagramClient(Client):
         if config.family != socket.AF_UNIX:
             self.local = ("::1" if config.family == socket.AF_INET6 else "127.0.0.1", 0)
 
-    def _open(self) -> None:
-        try:
-            sock = self._new_socket()
-        except OSError as exc:
-            self._slot_failed(errno_name(exc.errno))
-            return
-        conn = Conn(sock)
-        self.conns.add(conn)
+    def _start(self, conn: Conn) -> None:
         self._exchange(conn)
 
     def _new_socket(self) -> socket.socket:

@@ -787,7 +787,7 @@ class _RequestLimit(Dispatch):
 
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         self.count += 1
-        if self.limit and self.count >= self.limit:
+        if self.count >= self.limit:
             hosted.pause(_PAUSED_RECYCLING)
             self.reactor.stop()
         self.inner.submit(hosted, request, client_address)
@@ -814,7 +814,9 @@ def _worker_main(arbiter: _Arbiter, heartbeat: int, signal_mask: _SignalMask) ->
         limit = prefork.max_requests
         if limit and prefork.max_requests_jitter:
             limit += random.randint(0, prefork.max_requests_jitter)
-        reactor.add_server(arbiter.server, _RequestLimit(inner, limit, reactor),
+        # Only a worker that recycles pays for counting its requests.
+        dispatch = _RequestLimit(inner, limit, reactor) if limit else inner
+        reactor.add_server(arbiter.server, dispatch,
                            service_interval=arbiter.service_interval, handle_timeouts=arbiter.handle_timeouts)
         os.set_blocking(heartbeat, False)
 

@@ -61,10 +61,6 @@ from typing import Any, Callable
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._hosting import Dispatch, HostedServer, describe_server, process_request_safely
 from ._platform import HAS_RECVMSG_TRUNC, pidfd_available
-
-# A plain int: ``flags & socket.MSG_TRUNC`` would go through IntFlag's
-# operators, which cost more than the recvmsg_into() call itself.
-_MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0))
 from .binding import UnixSocketPath, bind_socket, family_for_address
 from .loop import Reactor
 
@@ -211,6 +207,9 @@ if hasattr(os, "fork"):
 
 #: Largest UDP payload (65535 minus headers fits below it), so nothing is cut by default.
 MAX_DATAGRAM_SIZE = 65535
+# A plain int: ``flags & socket.MSG_TRUNC`` would go through IntFlag's
+# operators, which cost more than the recvmsg_into() call itself.
+_MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0))
 
 _HandlerFactory = Callable[..., Any]
 
