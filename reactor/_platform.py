@@ -15,11 +15,11 @@ import sys
 __all__ = [
     "HAS_ABSTRACT_UNIX",
     "HAS_RECVMSG_TRUNC",
+    "HAS_FORK",
     "HAS_UNIX_SOCKETS",
     "available_selectors",
     "pidfd_available",
     "ipv6_loopback_available",
-    "pollable_selector_class",
 ]
 
 #: Linux names Unix sockets in an abstract namespace when the path starts with NUL.
@@ -27,6 +27,9 @@ HAS_ABSTRACT_UNIX: bool = sys.platform.startswith("linux")
 
 #: Unix domain sockets exist (every POSIX system; not Windows).
 HAS_UNIX_SOCKETS: bool = hasattr(socket, "AF_UNIX")
+
+#: ``os.fork`` exists (POSIX): the forking mixins and ``Prefork`` can work.
+HAS_FORK: bool = hasattr(os, "fork")
 
 #: ``recvmsg_into`` reports ``MSG_TRUNC`` in the message flags, so a datagram
 #: larger than the buffer is detected instead of silently cut.
@@ -54,15 +57,6 @@ def available_selectors() -> tuple[type[selectors.BaseSelector], ...]:
         if cls is not None and _can_use(cls):
             found.append(cls)
     return tuple(found)
-
-
-@functools.lru_cache(maxsize=None)
-def pollable_selector_class() -> type[selectors.BaseSelector] | None:
-    """The best selector whose own descriptor can be polled by another loop, if any."""
-    for cls in available_selectors():
-        if hasattr(cls, "fileno"):
-            return cls
-    return None
 
 
 @functools.lru_cache(maxsize=None)
