@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reactor import Prefork, ThreadPool  # noqa: E402
+from reactor import Prefork, ThreadPool, Topology  # noqa: E402
 from reactor import socketserver as rx  # noqa: E402
 from reactor.dispatch import Dispatch  # noqa: E402
 
@@ -217,7 +217,7 @@ def _socketserver_class(module: Any, contender: str, transport: str) -> type[Any
     return Server
 
 
-def _reactor_dispatch(contender: str, concurrency: int) -> Dispatch | None:
+def _reactor_dispatch(contender: str, concurrency: int) -> Dispatch | Topology | None:
     if contender == "reactor-inline":
         return None
     if contender == "reactor-threadpool":

@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 from . import socketserver
+from .accept import HostingOptions
 from .dispatch import Dispatch, Inline, ThreadPool
-from .loop import Reactor
+from .hosting import Reactor, Topology
+from .loop import EventLoop
 from .prefork import Prefork, PreforkError, WorkerBootError
 
 __all__ = [
-    "Dispatch", "Inline", "Prefork", "PreforkError", "Reactor", "ThreadPool", "WorkerBootError",
-    "socketserver",
+    "Dispatch", "EventLoop", "HostingOptions", "Inline", "Prefork", "PreforkError", "Reactor", "ThreadPool",
+    "Topology", "WorkerBootError", "socketserver",
 ]
 __version__ = "0.1.0"

@@ -19,16 +19,16 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
-from typing import Any
+from typing import Any, Callable
 
-from ._hosting import Dispatch, HostedServer, Inline, process_request_safely
+from .accept import Dispatch, HostedServer, Inline, PauseReason, process_request_safely
 
 __all__ = ["Dispatch", "Inline", "ThreadPool"]
 
 logger = logging.getLogger(__name__)
 
-PAUSED_SATURATED = "saturated"
+#: How long unbind() waits for a drained pool's threads to finish exiting.
+_EXIT_JOIN_TIMEOUT = 1.0
 
 _worker_of = threading.local()
 
@@ -68,7 +68,7 @@ class ThreadPool(Dispatch):
         self.name = name
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
-        self._drained = threading.Condition(self._lock)
+        self._on_drained: Callable[[], None] | None = None
         self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
         self._workers: list[threading.Thread] = []
         self._idle = 0
@@ -106,6 +106,7 @@ class ThreadPool(Dispatch):
             self._hosted = hosted
             self._closing = False
             self._paused = False
+            self._on_drained = None
 
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         """Queue one request for a worker; pause the server's socket when the pool is full."""
@@ -125,34 +126,54 @@ class ThreadPool(Dispatch):
             if spawn:
                 self._spawn_worker_locked(hosted)
         if saturate:
-            hosted.pause(PAUSED_SATURATED)
+            hosted.pause(PauseReason.SATURATED)
 
-    def unbind(self, hosted: HostedServer) -> None:
-        """Let queued and running requests finish (within ``drain_timeout``), then stop the workers."""
-        deadline = time.monotonic() + self.drain_timeout
+    def begin_drain(self, hosted: HostedServer, on_drained: Callable[[], None]) -> float:
+        """Let queued and running requests finish; ``on_drained()`` runs in the loop once none is left.
+
+        Returns:
+            ``drain_timeout``.
+        """
         with self._lock:
             self._closing = True
-            self._work_ready.notify_all()
             self._idle = 0
-            while self._queue or self._running:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._drained.wait(remaining)
+            self._work_ready.notify_all()
+            if self._queue or self._running:
+                self._on_drained = on_drained
+                return self.drain_timeout
+        on_drained()
+        return self.drain_timeout
+
+    def abort(self, hosted: HostedServer) -> None:
+        """Close queued requests unserved; handlers still running are abandoned (logged by ``unbind``)."""
+        with self._lock:
+            self._closing = True
+            self._on_drained = None
             unserved = list(self._queue)
             self._queue.clear()
-            workers, self._workers = self._workers, []
-            self._hosted = None
         if unserved:
-            logger.warning("%s: closing %d queued requests unserved after drain_timeout=%ss",
+            logger.warning("%s: closing %d queued requests unserved (drain aborted or past drain_timeout=%ss)",
                            hosted.name, len(unserved), self.drain_timeout)
             for request, _ in unserved:
                 hosted.server.shutdown_request(request)
-        for worker in workers:
-            if worker is not threading.current_thread():
-                worker.join(max(deadline - time.monotonic(), 0))
-        stuck = [worker.name for worker in workers if worker.is_alive() and worker is not threading.current_thread()]
-        if stuck:
+
+    def unbind(self, hosted: HostedServer) -> None:
+        """Stop the workers: they exit once drained; any still running a handler are abandoned."""
+        with self._lock:
+            self._closing = True
+            self._idle = 0
+            self._work_ready.notify_all()
+            workers, self._workers = self._workers, []
+            running = self._running
+            self._hosted = None
+            self._on_drained = None
+        me = threading.current_thread()
+        if not running:
+            for worker in workers:
+                if worker is not me:
+                    worker.join(_EXIT_JOIN_TIMEOUT)
+        stuck = [worker.name for worker in workers if worker.is_alive() and worker is not me]
+        if running and stuck:
             logger.warning("%s: abandoning handlers still running after drain_timeout=%ss: %s",
                            hosted.name, self.drain_timeout, ", ".join(stuck))
 
@@ -178,7 +199,7 @@ class ThreadPool(Dispatch):
                 request, client_address = self._queue.popleft()
                 self._running += 1
             try:
-                process_request_safely(server, request, client_address)
+                process_request_safely(server, request, client_address, hosted)
             except BaseException:
                 # SystemExit or KeyboardInterrupt raised by a handler: the
                 # request is already shut down; a worker is no place to exit.
@@ -193,10 +214,13 @@ class ThreadPool(Dispatch):
             resume = self._paused and len(self._queue) + self._running < self.capacity
             if resume:
                 self._paused = False
-            if not self._queue and not self._running:
-                self._drained.notify_all()
-        if resume:
-            try:
-                hosted.reactor.call_soon_threadsafe(hosted.resume, PAUSED_SATURATED)
-            except RuntimeError:
-                pass  # the reactor closed meanwhile: nothing left to resume
+            on_drained = None
+            if self._closing and not self._queue and not self._running:
+                on_drained, self._on_drained = self._on_drained, None
+        try:
+            if resume:
+                hosted.reactor.call_soon_threadsafe(hosted.resume, PauseReason.SATURATED)
+            if on_drained is not None:
+                hosted.reactor.call_soon_threadsafe(on_drained)
+        except RuntimeError:
+            pass  # the reactor closed meanwhile: nothing left to resume or report

@@ -1,12 +1,20 @@
-"""The Reactor: one selector, a timer heap and a waker, hosting many servers in one thread.
+"""The event loop: one selector, a timer heap and a waker, in one thread.
 
 Theory of operation
 -------------------
-A Reactor waits on one selector for every descriptor it owns: each hosted
-server's listening socket, the readers and writers added by the user, and a
-waker socketpair that other threads and signal handlers write to. Each wait
-is bounded by the nearest timer. Everything the reactor does happens in one
-*tick*, ``run_once()``: wait, then dispatch what became ready.
+An EventLoop waits on one selector for every descriptor it watches: the
+readers and writers added by its users (a hosted server's listener, a pipe, a
+socket of the embedding application) and a waker socketpair that other
+threads and signal handlers write to. Each wait is bounded by the nearest
+timer. Everything the loop does happens in one *tick*, ``run_once()``: wait,
+then dispatch what became ready.
+
+This module knows nothing of servers. ``reactor.hosting.Reactor`` builds
+server hosting on top of it, through the public API alone: watching
+descriptors, timers, and *claims*. A claim reserves a descriptor for one
+owner (the waker for the loop itself, a listener for the server hosting it):
+only calls that name that owner may watch or unwatch it, so a stray
+``add_reader`` cannot take over a listening socket.
 
 Rules
 -----
@@ -37,6 +45,9 @@ Rules
 7. A callback that raises ``Exception`` is logged and the loop goes on;
    ``BaseException`` (KeyboardInterrupt, SystemExit) propagates out of
    ``run_once()``.
+8. A claimed descriptor is watched only on behalf of its owner; the claim
+   outlives the watch (a paused listener stays claimed while out of the
+   selector) and ends with ``release()``.
 """
 
 from __future__ import annotations
@@ -50,18 +61,17 @@ import time
 from types import TracebackType
 from typing import Any, Callable, Protocol, TypeVar
 
-from ._hosting import Attachment, Dispatch, Inline, describe_server
 from ._timers import Handle, TimerHandle, TimerHeap
 from ._waker import Waker
 
-__all__ = ["FileLike", "Reactor"]
+__all__ = ["EventLoop", "FileDescriptorLike", "FileLike"]
 
 logger = logging.getLogger(__name__)
 
 #: Longest single wait; some selectors reject larger timeouts.
 MAX_SELECT_TIMEOUT = 24 * 3600.0
 
-_ReactorT = TypeVar("_ReactorT", bound="Reactor")
+_LoopT = TypeVar("_LoopT", bound="EventLoop")
 
 
 class FileLike(Protocol):
@@ -74,6 +84,10 @@ class FileLike(Protocol):
 FileDescriptorLike = int | FileLike
 
 
+#: Marks "no claim" where None is a legitimate owner value.
+_UNCLAIMED = object()
+
+
 def _fd_of(fileobj: FileDescriptorLike) -> int:
     fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
     if fd < 0:
@@ -81,17 +95,17 @@ def _fd_of(fileobj: FileDescriptorLike) -> int:
     return fd
 
 
-class Reactor:
-    """A single-threaded event loop that hosts socketserver-style servers.
+class EventLoop:
+    """A single-threaded event loop: descriptors, timers, signals and a waker.
 
     Args:
         selector: the selector to wait on (default: ``selectors.DefaultSelector()``).
-            The reactor owns it and closes it in ``close()``.
+            The loop owns it and closes it in ``close()``.
         clock: a monotonic clock in seconds (default: ``time.monotonic``). Timers
             are scheduled on it; tests may inject a fake one.
 
     Thread-safety: ``stop()`` and ``call_soon_threadsafe()`` may be called from
-    any thread. Everything else belongs to the thread that runs the reactor.
+    any thread. Everything else belongs to the thread that runs the loop.
     """
 
     def __init__(
@@ -103,13 +117,13 @@ class Reactor:
         self._clock = clock if clock is not None else time.monotonic
         self._timers = TimerHeap()
         self._ready: collections.deque[Handle] = collections.deque()
-        self._attachments: dict[int, Attachment] = {}
-        self._owned_fds: set[int] = set()
+        self._claims: dict[int, object] = {}
         self._stopping = False
         self._failure: BaseException | None = None
         self._closed = False
         self._tick_lock = threading.Lock()
         self._thread_id: int | None = None
+        self._serving = False
         self._selecting = False
         self._signal_handlers: dict[int, Handle] = {}
         self._pending_signals: collections.deque[int] = collections.deque()
@@ -117,14 +131,15 @@ class Reactor:
         self._saved_wakeup_fd: int | None = None
         try:
             self._waker = Waker()
-            self._add_owned_reader(self._waker.fileno(), self._on_wakeup)
+            self.claim(self._waker.fileno(), self)
+            self.add_reader(self._waker.fileno(), self._on_wakeup, owner=self)
         except BaseException:
             self._selector.close()
             raise
 
     # -- lifecycle ---------------------------------------------------------
 
-    def __enter__(self: _ReactorT) -> _ReactorT:
+    def __enter__(self: _LoopT) -> _LoopT:
         return self
 
     def __exit__(
@@ -136,8 +151,8 @@ class Reactor:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._attachments)} servers"
-        return f"<Reactor {type(self._selector).__name__} {state}>"
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {type(self._selector).__name__} {state}>"
 
     @property
     def closed(self) -> bool:
@@ -145,35 +160,24 @@ class Reactor:
         return self._closed
 
     def close(self) -> None:
-        """Release everything: server_close() every hosted server, drop timers, close the selector.
+        """Release everything: restore signal handlers, drop timers, close the waker and the selector.
 
-        Hosting transfers ownership, so servers still hosted are detached and
-        closed; use ``remove_server()`` first to keep one. Idempotent.
+        Idempotent.
 
         Raises:
-            RuntimeError: the reactor is running.
+            RuntimeError: the loop is running.
         """
         if self._closed:
             return
-        if self._thread_id is not None:
-            raise RuntimeError("cannot close a running reactor; stop() it first")
-        errors: list[BaseException] = []
-        for attachment in list(self._attachments.values()):
-            server = attachment.server
-            try:
-                self.remove_server(server)
-            finally:
-                try:
-                    server.server_close()
-                except Exception as exc:  # keep closing the rest
-                    logger.exception("%s: server_close() failed", describe_server(server))
-                    errors.append(exc)
+        if self.running:
+            raise RuntimeError(f"cannot close a running {type(self).__name__}; stop() it first")
         for signum in list(self._signal_handlers):
             self.remove_signal_handler(signum)
+        self.remove_reader(self._waker.fileno(), owner=self)
+        self.release(self._waker.fileno(), self)
         self._closed = True
         self._timers.clear()
         self._ready.clear()
-        self._remove_owned_reader(self._waker.fileno())
         self._waker.close()
         self._selector.close()
 
@@ -184,19 +188,52 @@ class Reactor:
         """True from ``stop()`` until ``serve_forever()`` returns: no request is taken meanwhile."""
         return self._stopping
 
+    @property
+    def running(self) -> bool:
+        """True while ``serve_forever()``, ``run_until()`` or ``run_once()`` runs, in any thread."""
+        return self._serving or self._thread_id is not None
+
+    def in_loop(self) -> bool:
+        """True when called from inside a tick of this loop: a callback, or a handler run inline."""
+        return self._thread_id == threading.get_ident()
+
     def serve_forever(self) -> None:
         """Run ticks until ``stop()`` or ``fail()`` is called.
 
         If ``stop()`` was called before, returns at once. Afterwards the
-        reactor can be run again.
+        loop can be run again.
 
         Raises:
             BaseException: the error passed to ``fail()``.
         """
+        self.run_until(None)
+
+    def run_until(self, done: Callable[[], bool] | None, timeout: float | None = None) -> None:
+        """Run ticks until ``done()`` is true, ``stop()`` or ``fail()`` is called, or ``timeout`` passes.
+
+        ``serve_forever()`` is ``run_until(None)``. ``done`` is checked before
+        each tick; a callback that makes it true should wake nothing more.
+
+        Args:
+            done: the condition to reach, or None to run until stopped.
+            timeout: the most seconds to run (on ``time()``), or None.
+
+        Raises:
+            BaseException: the error passed to ``fail()``.
+        """
+        deadline = None if timeout is None else self._clock() + timeout
+        self._serving = True
         try:
-            while not self._stopping:
-                self.run_once()
+            while not self._stopping and (done is None or not done()):
+                if deadline is None:
+                    self.run_once()
+                    continue
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self.run_once(remaining)
         finally:
+            self._serving = False
             self._stopping = False
         failure, self._failure = self._failure, None
         if failure is not None:
@@ -268,10 +305,8 @@ class Reactor:
             ready.extend(self._timers.pop_due(self._clock()))
         for _ in range(len(ready)):
             handle = ready.popleft()
-            if handle._cancelled:
-                continue
             try:
-                handle._callback(*handle._args)
+                handle.run()  # a no-op once cancelled
             except Exception:
                 logger.exception("reactor callback %r raised", handle)
 
@@ -317,132 +352,96 @@ class Reactor:
             return None
         return max(deadline - self._clock(), 0.0)
 
-    # -- servers -------------------------------------------------------------
+    # -- readers, writers and claims ------------------------------------------
 
-    def add_server(
-        self,
-        server: Any,
-        dispatch: Dispatch | None = None,
-        *,
-        service_interval: float | None = 0.5,
-        handle_timeouts: bool = True,
-    ) -> None:
-        """Host a socketserver-style server: take and handle its requests when its socket is readable.
-
-        Works with reactor's own servers and with unmodified stdlib ones
-        (``socketserver``, ``http.server``, ``xmlrpc.server``). While hosted,
-        the server's socket is non-blocking; ``remove_server`` restores it.
-
-        Args:
-            server: a bound, activated server (anything with socketserver's
-                ``fileno``/``get_request``/``verify_request``/``process_request``/
-                ``handle_error``/``shutdown_request`` hooks).
-            dispatch: where requests run; default ``Inline()`` (this thread).
-            service_interval: seconds between ``service_actions()`` calls when
-                the server overrides it (it is also called after each batch
-                of requests); None calls it only after requests, like
-                ``serve_forever(poll_interval=None)``.
-            handle_timeouts: call ``handle_timeout()`` whenever the server has
-                a ``timeout`` and that many seconds pass without a request.
-                (socketserver's own ``serve_forever`` never does, so its
-                drop-in passes False.)
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any,
+                   owner: object = None) -> None:
+        """Call ``callback(*args)`` in the loop whenever ``fd`` is readable (replaces any reader).
 
         Raises:
-            ValueError: the server or its descriptor is already in this reactor.
-            RuntimeError: the reactor is closed.
+            ValueError: ``fd`` is claimed by someone other than ``owner``.
         """
+        self._add_handler(_fd_of(fd), selectors.EVENT_READ, Handle(callback, args), owner)
+
+    def remove_reader(self, fd: FileDescriptorLike, *, owner: object = None) -> bool:
+        """Stop watching ``fd`` for reading; True if it was watched.
+
+        Raises:
+            ValueError: ``fd`` is claimed by someone other than ``owner``.
+        """
+        return self._remove_handler(_fd_of(fd), selectors.EVENT_READ, owner)
+
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any,
+                   owner: object = None) -> None:
+        """Call ``callback(*args)`` in the loop whenever ``fd`` is writable (replaces any writer).
+
+        Raises:
+            ValueError: ``fd`` is claimed by someone other than ``owner``.
+        """
+        self._add_handler(_fd_of(fd), selectors.EVENT_WRITE, Handle(callback, args), owner)
+
+    def remove_writer(self, fd: FileDescriptorLike, *, owner: object = None) -> bool:
+        """Stop watching ``fd`` for writing; True if it was watched.
+
+        Raises:
+            ValueError: ``fd`` is claimed by someone other than ``owner``.
+        """
+        return self._remove_handler(_fd_of(fd), selectors.EVENT_WRITE, owner)
+
+    def claim(self, fd: FileDescriptorLike, owner: object) -> None:
+        """Reserve ``fd`` for ``owner``: only calls passing ``owner=owner`` may watch it until ``release()``.
+
+        Raises:
+            ValueError: ``fd`` is already claimed, or watched without a claim.
+            RuntimeError: the loop is closed.
+        """
+        self._check_open()
+        if owner is None:
+            raise ValueError("a claim needs an owner")
+        fd = _fd_of(fd)
+        claimant = self._claims.get(fd, _UNCLAIMED)
+        if claimant is not _UNCLAIMED:
+            raise ValueError(f"descriptor {fd} is already claimed by {claimant!r}")
+        if self.is_watched(fd):
+            raise ValueError(f"descriptor {fd} is already watched by this loop")
+        self._claims[fd] = owner
+
+    def release(self, fd: FileDescriptorLike, owner: object) -> None:
+        """End ``owner``'s claim on ``fd``; whatever it still watches there stays watched.
+
+        Raises:
+            ValueError: ``fd`` is not claimed by ``owner``.
+        """
+        fd = _fd_of(fd)
+        if self._claims.get(fd, _UNCLAIMED) is not owner:
+            raise ValueError(f"descriptor {fd} is not claimed by {owner!r}")
+        del self._claims[fd]
+
+    def is_claimed(self, fd: FileDescriptorLike) -> bool:
+        """True while someone holds a claim on ``fd``."""
+        return _fd_of(fd) in self._claims
+
+    def is_watched(self, fd: FileDescriptorLike) -> bool:
+        """True while ``fd`` is in the selector (for reading, writing or both)."""
         if self._closed:
-            raise RuntimeError("reactor is closed")
-        key = id(server)
-        if key in self._attachments:
-            raise ValueError(f"{describe_server(server)} is already hosted by this reactor")
-        fd = server.fileno()
-        if fd in self._owned_fds or self._is_registered(fd):
-            raise ValueError(f"descriptor {fd} of {describe_server(server)} is already watched by this reactor")
-        strategy = dispatch if dispatch is not None else Inline()
-        attachment = strategy.attach(self, server, service_interval=service_interval,
-                                     handle_timeouts=handle_timeouts)
-        self._attachments[key] = attachment
+            return False
         try:
-            attachment.start()
-        except BaseException:
-            del self._attachments[key]
-            attachment.detach()
-            raise
-        logger.debug("hosting %s with %r", describe_server(server), strategy)
-
-    def remove_server(self, server: Any) -> None:
-        """Stop hosting ``server`` and hand it back unclosed, its socket mode restored.
-
-        Raises:
-            KeyError: the server is not hosted here.
-        """
-        attachment = self._attachments.pop(id(server), None)
-        if attachment is None:
-            raise KeyError(f"{describe_server(server)} is not hosted by this reactor")
-        attachment.detach()
-
-    def dispatch_of(self, server: Any) -> Dispatch:
-        """The dispatch strategy ``server`` is hosted with.
-
-        Raises:
-            KeyError: the server is not hosted here.
-        """
-        attachment = self._attachments.get(id(server))
-        if attachment is None:
-            raise KeyError(f"{describe_server(server)} is not hosted by this reactor")
-        return attachment.dispatch
-
-    @property
-    def servers(self) -> list[Any]:
-        """The hosted servers, in the order they were added."""
-        return [attachment.server for attachment in self._attachments.values()]
-
-    # -- readers and writers -------------------------------------------------
-
-    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any) -> None:
-        """Call ``callback(*args)`` in the loop whenever ``fd`` is readable (replaces any reader)."""
-        self._add_handler(_fd_of(fd), selectors.EVENT_READ, Handle(callback, args), owned=False)
-
-    def remove_reader(self, fd: FileDescriptorLike) -> bool:
-        """Stop watching ``fd`` for reading; True if it was watched."""
-        return self._remove_handler(_fd_of(fd), selectors.EVENT_READ, owned=False)
-
-    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any) -> None:
-        """Call ``callback(*args)`` in the loop whenever ``fd`` is writable (replaces any writer)."""
-        self._add_handler(_fd_of(fd), selectors.EVENT_WRITE, Handle(callback, args), owned=False)
-
-    def remove_writer(self, fd: FileDescriptorLike) -> bool:
-        """Stop watching ``fd`` for writing; True if it was watched."""
-        return self._remove_handler(_fd_of(fd), selectors.EVENT_WRITE, owned=False)
-
-    def _add_owned_reader(self, fd: int, callback: Callable[[], object]) -> None:
-        """Watch a descriptor that belongs to the reactor itself (waker, hosted listener)."""
-        self._add_handler(fd, selectors.EVENT_READ, Handle(callback, ()), owned=True)
-        self._owned_fds.add(fd)
-
-    def _remove_owned_reader(self, fd: int, *, release: bool = True) -> None:
-        """Stop watching an owned descriptor; ``release=False`` keeps it claimed (a paused listener)."""
-        self._remove_handler(fd, selectors.EVENT_READ, owned=True)
-        if release:
-            self._owned_fds.discard(fd)
-
-    def _release_owned_fd(self, fd: int) -> None:
-        """Give up the claim on a descriptor that is no longer watched."""
-        self._owned_fds.discard(fd)
-
-    def _is_registered(self, fd: int) -> bool:
-        try:
-            self._selector.get_key(fd)
+            self._selector.get_key(_fd_of(fd))
         except KeyError:
             return False
         return True
 
-    def _add_handler(self, fd: int, event: int, handle: Handle, *, owned: bool) -> None:
+    def _check_claim(self, fd: int, owner: object) -> None:
+        claimant = self._claims.get(fd)
+        if claimant is not owner:
+            if claimant is None:
+                raise ValueError(f"descriptor {fd} is not claimed by {owner!r}")
+            raise ValueError(f"descriptor {fd} belongs to {claimant!r}")
+
+    def _add_handler(self, fd: int, event: int, handle: Handle, owner: object) -> None:
         if self._closed:
             raise RuntimeError("reactor is closed")
-        if not owned and fd in self._owned_fds:
-            raise ValueError(f"descriptor {fd} belongs to a server or the waker of this reactor")
+        self._check_claim(fd, owner)
         try:
             key = self._selector.get_key(fd)
         except KeyError:
@@ -458,11 +457,10 @@ class Reactor:
         if old is not None:
             old.cancel()
 
-    def _remove_handler(self, fd: int, event: int, *, owned: bool) -> bool:
+    def _remove_handler(self, fd: int, event: int, owner: object) -> bool:
         if self._closed:
             return False
-        if not owned and fd in self._owned_fds:
-            raise ValueError(f"descriptor {fd} belongs to a server or the waker of this reactor")
+        self._check_claim(fd, owner)
         try:
             key = self._selector.get_key(fd)
         except KeyError:
@@ -604,9 +602,9 @@ class Reactor:
         # request that became ready in this same tick.
         for signum in arrived:
             handle = self._signal_handlers.get(signum)
-            if handle is None or handle._cancelled:
+            if handle is None:
                 continue
             try:
-                handle._callback(*handle._args)
+                handle.run()
             except Exception:
                 logger.exception("signal %d callback %r raised", signum, handle)

@@ -66,9 +66,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn
 
-from ._hosting import Attachment, Dispatch, HostedServer, describe_server, make_nonblocking
+from .accept import Dispatch, HostedServer, HostingOptions, PauseReason, describe_server, make_nonblocking
 from .dispatch import ThreadPool
-from .loop import Reactor
+from .hosting import Attachment, Reactor, Topology
 
 __all__ = ["Prefork", "PreforkError", "WorkerBootError", "WORKER_BOOT_FAILED"]
 
@@ -79,7 +79,6 @@ _SignalMask = set[int | signal.Signals]
 #: Exit status of a worker that could not start; it stops respawning.
 WORKER_BOOT_FAILED = 3
 
-_PAUSED_RECYCLING = "max_requests"
 _CONTROLLED_ELSEWHERE = ("SIGINT", "SIGHUP", "SIGTTIN", "SIGTTOU")
 #: Time between SIGABRT (traceback) and SIGKILL for a stuck worker.
 _ABORT_GRACE = 2.0
@@ -97,7 +96,7 @@ class WorkerBootError(PreforkError):
     """A worker failed while starting; respawning stopped instead of looping."""
 
 
-class Prefork(Dispatch):
+class Prefork(Topology):
     """Serve one server from ``workers`` pre-forked processes, supervised and replaced as needed.
 
     Args:
@@ -156,12 +155,11 @@ class Prefork(Dispatch):
         return (f"Prefork(workers={self.workers}, threads={self.threads}, "
                 f"max_requests={self.max_requests})")
 
-    def attach(self, reactor: Reactor, server: Any, *, service_interval: float | None,
-               handle_timeouts: bool) -> Attachment:
+    def attach(self, reactor: Reactor, server: Any, options: HostingOptions) -> Attachment:
         """Fork the arbiter, which forks the workers; see the module docstring."""
         if self._attachment is not None:
             raise ValueError(f"{self!r} already serves {describe_server(self._attachment.server)}")
-        self._attachment = _MasterSide(self, reactor, server, service_interval, handle_timeouts)
+        self._attachment = _MasterSide(self, reactor, server, options)
         return self._attachment
 
     # -- control (master side) ----------------------------------------------
@@ -293,14 +291,13 @@ class _LineChannel:
 class _MasterSide:
     """The master's attachment: forks the arbiter, relays commands, tracks worker pids."""
 
-    def __init__(self, prefork: Prefork, reactor: Reactor, server: Any,
-                 service_interval: float | None, handle_timeouts: bool) -> None:
+    def __init__(self, prefork: Prefork, reactor: Reactor, server: Any, options: HostingOptions) -> None:
         self.prefork = prefork
         self.reactor = reactor
         self._server = server
         self.name = describe_server(server)
-        self.service_interval = service_interval
-        self.handle_timeouts = handle_timeouts
+        self.options = options
+        self._on_drained: Callable[[], None] | None = None
         self.target = prefork.workers
         self.workers: set[int] = set()
         self.ready: set[int] = set()
@@ -315,8 +312,11 @@ class _MasterSide:
         return self._server
 
     @property
-    def dispatch(self) -> Dispatch:
+    def dispatch(self) -> Prefork:
         return self.prefork
+
+    def stats(self) -> dict[str, Any]:
+        return self.prefork.stats()
 
     def start(self) -> None:
         others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
@@ -398,6 +398,11 @@ class _MasterSide:
         assert self._channel is not None
         messages = self._channel.receive()
         if messages is None:
+            if self._on_drained is not None:
+                on_drained, self._on_drained = self._on_drained, None
+                self._close_channel()
+                on_drained()
+                return
             self._on_arbiter_gone()
             return
         for message in messages:
@@ -448,16 +453,32 @@ class _MasterSide:
             self._channel.sock.close()
             self._channel = None
 
+    def begin_drain(self, on_drained: Callable[[], None]) -> float:
+        """Ask the arbiter to stop the workers gracefully; ``on_drained()`` runs when it has exited."""
+        if self._channel is None:
+            on_drained()
+            return 0.0
+        self._on_drained = on_drained
+        self._channel.send({"cmd": "stop"})
+        return self.prefork.graceful_timeout + _ABORT_GRACE + 3.0
+
+    def abort(self) -> None:
+        """Tell the arbiter to kill its workers now, and exit."""
+        self._on_drained = None
+        if self._channel is not None:
+            self._channel.send({"cmd": "abort"})
+
     def detach(self) -> None:
-        """Stop the workers gracefully (within graceful_timeout), then the arbiter; restore the socket."""
+        """Reap the arbiter (killing it if it does not exit soon) and restore the socket."""
         try:
             exited = True
             if self._channel is not None:
                 channel = self._channel
-                channel.send({"cmd": "stop"})
+                self._on_drained = None
                 if not self.reactor.closed:
                     self.reactor.remove_reader(channel.sock)
-                exited = self._wait_for_eof(channel.sock, self.prefork.graceful_timeout + _ABORT_GRACE + 3.0)
+                channel.send({"cmd": "abort"})
+                exited = self._wait_for_eof(channel.sock, _ABORT_GRACE + 3.0)
                 channel.sock.close()
                 self._channel = None
             if self.arbiter_pid is not None:
@@ -544,8 +565,7 @@ class _Arbiter:
         self.prefork = master.prefork
         self.server = master.server
         self.name = master.name
-        self.service_interval = master.service_interval
-        self.handle_timeouts = master.handle_timeouts
+        self.options = master.options
         self.state = _ArbiterState(target=master.target)
         control.setblocking(False)
         self.channel = _LineChannel(control)
@@ -578,6 +598,8 @@ class _Arbiter:
             command = message.get("cmd")
             if command == "stop":
                 self._begin_stop()
+            elif command == "abort":
+                self._abort()
             elif command == "reload":
                 self._reload()
             elif command == "increase":
@@ -747,6 +769,12 @@ class _Arbiter:
 
     # -- stopping ----------------------------------------------------------
 
+    def _abort(self) -> None:
+        """Kill every worker now; the loop stops once they are reaped."""
+        self._begin_stop()
+        for worker in list(self.state.workers.values()):
+            self._signal(worker, signal.SIGKILL)
+
     def _begin_stop(self) -> None:
         state = self.state
         if state.stopping:
@@ -779,6 +807,12 @@ class _RequestLimit(Dispatch):
     def bind(self, hosted: HostedServer) -> None:
         self.inner.bind(hosted)
 
+    def begin_drain(self, hosted: HostedServer, on_drained: Callable[[], None]) -> float:
+        return self.inner.begin_drain(hosted, on_drained)
+
+    def abort(self, hosted: HostedServer) -> None:
+        self.inner.abort(hosted)
+
     def unbind(self, hosted: HostedServer) -> None:
         self.inner.unbind(hosted)
 
@@ -788,7 +822,7 @@ class _RequestLimit(Dispatch):
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         self.count += 1
         if self.count >= self.limit:
-            hosted.pause(_PAUSED_RECYCLING)
+            hosted.pause(PauseReason.RECYCLING)
             self.reactor.stop()
         self.inner.submit(hosted, request, client_address)
 
@@ -816,8 +850,8 @@ def _worker_main(arbiter: _Arbiter, heartbeat: int, signal_mask: _SignalMask) ->
             limit += random.randint(0, prefork.max_requests_jitter)
         # Only a worker that recycles pays for counting its requests.
         dispatch = _RequestLimit(inner, limit, reactor) if limit else inner
-        reactor.add_server(arbiter.server, dispatch,
-                           service_interval=arbiter.service_interval, handle_timeouts=arbiter.handle_timeouts)
+        reactor.add_server(arbiter.server, dispatch, service_interval=arbiter.options.service_interval,
+                           handle_timeouts=arbiter.options.handle_timeouts)
         os.set_blocking(heartbeat, False)
 
         def beat(marker: bytes = b".") -> None:

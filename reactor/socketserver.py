@@ -59,10 +59,10 @@ import threading
 from typing import Any, Callable
 
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
-from ._hosting import Dispatch, HostedServer, describe_server, process_request_safely
-from ._platform import HAS_RECVMSG_TRUNC, pidfd_available
+from ._platform import HAS_FORK, HAS_RECVMSG_TRUNC, HAS_UNIX_SOCKETS, pidfd_available
+from .accept import Dispatch, HostedServer, PauseReason, describe_server, process_request_safely
 from .binding import UnixSocketPath, bind_socket, family_for_address
-from .loop import Reactor
+from .hosting import Reactor, Topology
 
 __all__ = list(_std.__all__)
 
@@ -114,7 +114,7 @@ class ThreadingMixIn(_std.ThreadingMixIn):
 _REQUEST_THREADS_LOCK = threading.Lock()
 
 
-if hasattr(os, "fork"):
+if HAS_FORK:
 
     class ForkingMixIn(_std.ForkingMixIn):
         """Mix-in class to handle each request in a new process; the stdlib's, without its stalls.
@@ -135,12 +135,18 @@ if hasattr(os, "fork"):
             """Remember the hosting, to pause it at ``max_children`` and watch children's exits."""
             self._hosted = hosted
             self._child_watches: dict[int, int] = {}
+            inherited = getattr(super(), "hosting_started", None)
+            if inherited is not None:
+                inherited(hosted)
 
         def hosting_stopped(self, hosted: HostedServer) -> None:
             """Stop watching children; they are still reaped by ``collect_children``."""
             for pid in list(self._child_watches):
                 self._unwatch(pid)
             self._hosted = None
+            inherited = getattr(super(), "hosting_stopped", None)
+            if inherited is not None:
+                inherited(hosted)
 
         def process_request(self, request: Any, client_address: Any) -> None:
             """Fork a child to handle the request (the child never returns here)."""
@@ -152,7 +158,7 @@ if hasattr(os, "fork"):
             for pid in self.active_children - before:
                 self._watch(hosted, pid)
             if len(self.active_children) >= self.max_children:
-                hosted.pause(_PAUSED_MAX_CHILDREN)
+                hosted.pause(PauseReason.MAX_CHILDREN)
 
         def collect_children(self, *, blocking: bool = False) -> None:
             """Reap this server's exited children; with ``blocking``, wait for all of them."""
@@ -184,7 +190,7 @@ if hasattr(os, "fork"):
             if self._hosted is not None:
                 self._unwatch(pid)
                 if self.active_children is None or len(self.active_children) < self.max_children:
-                    self._hosted.resume(_PAUSED_MAX_CHILDREN)
+                    self._hosted.resume(PauseReason.MAX_CHILDREN)
 
         def _watch(self, hosted: HostedServer, pid: int) -> None:
             if not pidfd_available():
@@ -202,8 +208,6 @@ if hasattr(os, "fork"):
                 if not self._hosted.reactor.closed:
                     self._hosted.reactor.remove_reader(fd)
                 os.close(fd)
-
-    _PAUSED_MAX_CHILDREN = "max_children"
 
 #: Largest UDP payload (65535 minus headers fits below it), so nothing is cut by default.
 MAX_DATAGRAM_SIZE = 65535
@@ -243,10 +247,10 @@ class BaseServer(_std.BaseServer):
     """
 
     #: Where ``serve_forever()`` runs requests; None runs them inline.
-    dispatch: Dispatch | None
+    dispatch: Dispatch | Topology | None
 
     def __init__(self, server_address: Any, RequestHandlerClass: _HandlerFactory, *,
-                 dispatch: Dispatch | None = None) -> None:
+                 dispatch: Dispatch | Topology | None = None) -> None:
         # Explicit: in TCPServer's MRO, super() here is the stdlib TCPServer.
         _std.BaseServer.__init__(self, server_address, RequestHandlerClass)
         self.dispatch = dispatch
@@ -256,6 +260,8 @@ class BaseServer(_std.BaseServer):
         self._serving_done = threading.Event()
         self._serving_done.set()
         self._shutdown_requested = False
+        self._stop_sent = False
+        self._host: Reactor | None = None
         self._exhausted = False
 
     def serve_forever(self, poll_interval: float | None = 0.5) -> None:
@@ -281,6 +287,7 @@ class BaseServer(_std.BaseServer):
             self._serving_thread = threading.get_ident()
             self._serving_done.clear()
             self._serving_reactor = reactor
+            self._stop_sent = False
             if self._shutdown_requested:
                 self._shutdown_requested = False
                 reactor.stop()
@@ -309,20 +316,47 @@ class BaseServer(_std.BaseServer):
         when the current handler does. Before ``serve_forever()`` starts, makes
         the next one return at once.
 
+        When a Reactor other than ``serve_forever()``'s hosts the server, stops
+        serving it there (``Reactor.shutdown_server``): the reactor and its
+        other servers go on.
+
         Thread-safety: safe from any thread.
         """
         with self._serving_lock:
             reactor = self._serving_reactor
-            if reactor is None:
+            host = self._host
+            if reactor is None and host is None:
                 self._shutdown_requested = True
                 return
-            reactor.stop()
+        if reactor is None:
+            assert host is not None
+            host.shutdown_server(self)
+            return
+        with self._serving_lock:
+            if self._serving_reactor is not reactor:
+                return  # serve_forever() ended meanwhile
+            if not self._stop_sent:
+                # Only once: stop() while serve_forever() drains the dispatch
+                # would abort the requests in flight.
+                self._stop_sent = True
+                reactor.stop()
             # Waiting from the serving thread, or from a worker whose request
             # serve_forever() must drain before returning, would deadlock.
             from_own_thread = self._serving_thread == threading.get_ident() or (
-                self.dispatch is not None and self.dispatch.owns_current_thread())
+                isinstance(self.dispatch, Dispatch) and self.dispatch.owns_current_thread())
         if not from_own_thread:
             self._serving_done.wait()
+
+    def hosting_started(self, hosted: HostedServer) -> None:
+        """Called when a loop starts hosting this server; a Reactor other than
+        ``serve_forever()``'s is remembered, for ``shutdown()``."""
+        if isinstance(hosted.reactor, Reactor) and hosted.reactor is not self._serving_reactor:
+            self._host = hosted.reactor
+
+    def hosting_stopped(self, hosted: HostedServer) -> None:
+        """Called when a loop stops hosting this server."""
+        if self._host is hosted.reactor:
+            self._host = None
 
     def _handle_request_noblock(self) -> None:
         """Take one request and handle it (used by ``handle_request()``)."""
@@ -353,7 +387,7 @@ class TCPServer(BaseServer, _std.TCPServer):
     socket_mode: int | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: _HandlerFactory,
-                 bind_and_activate: bool = True, *, dispatch: Dispatch | None = None) -> None:
+                 bind_and_activate: bool = True, *, dispatch: Dispatch | Topology | None = None) -> None:
         BaseServer.__init__(self, server_address, RequestHandlerClass, dispatch=dispatch)
         family = family_for_address(server_address, self.address_family)
         if family != self.address_family:
@@ -430,7 +464,7 @@ class UDPServer(TCPServer, _std.UDPServer):
     close_request = _std.UDPServer.close_request
 
 
-if hasattr(socket, "AF_UNIX"):
+if HAS_UNIX_SOCKETS:
 
     class UnixStreamServer(TCPServer, _std.UnixStreamServer):
         """Stream server on a Unix socket path or (Linux) abstract name.
@@ -441,7 +475,7 @@ if hasattr(socket, "AF_UNIX"):
         """
 
         def __init__(self, server_address: Any, RequestHandlerClass: _HandlerFactory,
-                     bind_and_activate: bool = True, *, dispatch: Dispatch | None = None,
+                     bind_and_activate: bool = True, *, dispatch: Dispatch | Topology | None = None,
                      mode: int | None = None) -> None:
             if mode is not None:
                 self.socket_mode = mode
@@ -454,7 +488,7 @@ if hasattr(socket, "AF_UNIX"):
         """
 
         def __init__(self, server_address: Any, RequestHandlerClass: _HandlerFactory,
-                     bind_and_activate: bool = True, *, dispatch: Dispatch | None = None,
+                     bind_and_activate: bool = True, *, dispatch: Dispatch | Topology | None = None,
                      mode: int | None = None) -> None:
             if mode is not None:
                 self.socket_mode = mode
@@ -481,7 +515,7 @@ class ThreadingTCPServer(ThreadingMixIn, TCPServer, _std.ThreadingTCPServer):
     """TCPServer with a thread per request."""
 
 
-if hasattr(_std, "ForkingMixIn"):
+if HAS_FORK:
 
     class ForkingUDPServer(ForkingMixIn, UDPServer, _std.ForkingUDPServer):
         """UDPServer with a process per request."""

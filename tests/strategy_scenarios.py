@@ -668,8 +668,14 @@ def run_on_reactor(args: argparse.Namespace, family: Family, tmpdir: str, before
     def stop() -> None:
         reactor.call_soon_threadsafe(reactor.stop)
 
+    def stop_unless_closing() -> None:
+        # Once serve_forever() has returned, close() is draining: a second
+        # stop() would mean "abort now", which is not what a finished client means.
+        if not closing.is_set():
+            reactor.stop()
+
     ctx = Context(args.strategy, target, stop, closing)
-    client = ClientThread(lambda: SCENARIOS[args.scenario](ctx), reactor.stop)
+    client = ClientThread(lambda: SCENARIOS[args.scenario](ctx), stop_unless_closing)
     client.start()
     try:
         reactor.serve_forever()

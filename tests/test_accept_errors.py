@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from reactor import Reactor, socketserver
-from reactor._hosting import EXHAUSTION_BACKOFF_MIN
+from reactor.accept import EXHAUSTION_BACKOFF_MIN
 from reactor._platform import HAS_RECVMSG_TRUNC, HAS_UNIX_SOCKETS, available_selectors
 from support import ipv6_available, spawn_python, wait_for
 

@@ -1,6 +1,6 @@
 """Hosting servers in a Reactor: unmodified stdlib servers and the per-server duties.
 
-Covers the accept path of ``reactor._hosting.HostedServer`` as seen from the
+Covers the accept path of ``reactor.accept.HostedServer`` as seen from the
 outside (round trips, socket mode restored, service_actions, handle_timeout,
 dispatch slot, pause reasons, accept batches, stop from a handler, resource
 exhaustion), driven either by ``serve_forever()`` in a thread or by
@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from reactor import Dispatch, Inline, Reactor
-from reactor._hosting import HostedServer
+from reactor.accept import HostedServer
 from reactor._platform import available_selectors
 from support import ipv6_available, wait_for
 
@@ -77,7 +77,7 @@ def serving(r: Reactor) -> Iterator[threading.Thread]:
 
 
 def hosted_of(r: Reactor, server: Any) -> HostedServer:
-    attachment = r._attachments[id(server)]
+    attachment = r.attachment_of(server)
     assert isinstance(attachment, HostedServer)
     return attachment
 
@@ -585,7 +585,7 @@ def test_pause_reasons_compose_and_resume_serves_the_waiting_client(
 
     hosted.pause("first")
     assert hosted.paused
-    assert not selector_reactor._is_registered(fd)
+    assert not selector_reactor.is_watched(fd)
     with contextlib.ExitStack() as stack:
         queue_unix_clients(stack, server, 1)
         for _ in range(5):
@@ -595,14 +595,14 @@ def test_pause_reasons_compose_and_resume_serves_the_waiting_client(
         hosted.pause("second")
         hosted.resume("first")
         assert hosted.paused, "one reason left: still paused"
-        assert not selector_reactor._is_registered(fd)
+        assert not selector_reactor.is_watched(fd)
         for _ in range(5):
             selector_reactor.run_once(0.05)
         assert server.handled == 0
 
         hosted.resume("second")
         assert not hosted.paused
-        assert selector_reactor._is_registered(fd)
+        assert selector_reactor.is_watched(fd)
         tick_until(selector_reactor, lambda: server.handled == 1)
 
 
@@ -726,7 +726,7 @@ def test_exhausted_listener_is_paused_instead_of_polled(reactor_: Reactor) -> No
         reactor_.run_once(5)
         assert server.get_request_calls == 1
         assert hosted.paused
-        assert not reactor_._is_registered(server.fileno())
+        assert not reactor_.is_watched(server.fileno())
         assert reactor_.time_until_next() is not None, "a retry timer must be armed"
 
         # The connection still waits in the backlog: a level-triggered listener
@@ -737,7 +737,7 @@ def test_exhausted_listener_is_paused_instead_of_polled(reactor_: Reactor) -> No
         tick_until(reactor_, lambda: hosted.requests_taken == 1, timeout=1.0)
         assert server.failures_left == 0
         assert not hosted.paused
-        assert reactor_._is_registered(server.fileno())
+        assert reactor_.is_watched(server.fileno())
         assert recv_line(sock) == b"after exhaustion\n"
 
 

@@ -1,9 +1,11 @@
 """The package's shape, checked statically with ``ast`` (DESIGN.md sections 1 and 5).
 
-Imports point down: ``loop`` knows nothing of ``socketserver``, ``dispatch`` or
-``prefork``; the small private modules import nothing from reactor; ``binding``
-stands below the loop. One module alone asks which platform it runs on. Library
-code never prints or exits, every module says what it is for, and importing the
+Imports point down, even those made only for type checking: the small private
+modules import nothing from reactor; ``binding`` and ``loop`` stand on them
+alone; the accept path stands on the loop, the Reactor on the accept path, the
+strategies and the drop-in above. No module reaches into another module's
+private names. One module alone asks which platform it runs on. Library code
+never prints or exits, every module says what it is for, and importing the
 package has no side effects.
 """
 
@@ -26,14 +28,28 @@ PACKAGE_DIR = REPO_ROOT / PACKAGE
 #: Short module names ("loop", "_timers", ...); the package itself is "__init__".
 MODULES = sorted(path.stem for path in PACKAGE_DIR.glob("*.py"))
 
+#: The pure bottom layer: imports nothing from reactor at all.
+LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit")
+
+#: Layers, bottom first: a module may import only from layers below its own.
+LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
+    LEAF_MODULES,
+    ("binding", "loop"),
+    ("accept",),
+    ("hosting",),
+    ("dispatch",),
+    ("prefork",),
+    ("socketserver",),
+    ("__init__",),
+))
+
 #: Modules that may not be imported by a given module, directly or through others.
 FORBIDDEN = {
-    "loop": {"socketserver", "dispatch", "prefork"},
-    "binding": {"loop", "socketserver", "dispatch", "prefork"},
+    "loop": {"accept", "hosting", "binding", "socketserver", "dispatch", "prefork"},
+    "binding": {"loop", "accept", "hosting", "socketserver", "dispatch", "prefork"},
+    "accept": {"hosting", "socketserver", "dispatch", "prefork"},
+    "hosting": {"socketserver", "dispatch", "prefork"},
 }
-
-#: The pure bottom layer: imports nothing from reactor at all.
-LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform")
 
 
 # ---------------------------------------------------------------- import analysis
@@ -141,8 +157,21 @@ def test_import_analysis_understands_every_import_form() -> None:
 
 
 def test_the_package_has_the_modules_the_rules_talk_about() -> None:
-    for module in ("__init__", "loop", "binding", "socketserver", "dispatch", *LEAF_MODULES):
-        assert module in MODULES
+    for layer in LAYERS:
+        for module in layer:
+            assert module in MODULES
+    assert set(MODULES) == set().union(*LAYERS), "every module has a layer"
+
+
+def layer_of(module: str) -> int:
+    return next(index for index, layer in enumerate(LAYERS) if module in layer)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports_point_down_the_layers_even_for_type_checking(module: str) -> None:
+    offending = sorted(target for target in direct_imports(module)
+                       if target in MODULES and layer_of(target) >= layer_of(module))
+    assert not offending, f"reactor.{module} imports {offending} from its own layer or above"
 
 
 # ---------------------------------------------------------------- layering
@@ -170,8 +199,8 @@ def test_no_module_imports_the_package_facade(module: str) -> None:
         f"reactor.{module} imports from the package __init__; import the defining module instead")
 
 
-def test_runtime_imports_have_no_cycles() -> None:
-    graph = {module: direct_imports(module, runtime_only=True) & set(MODULES) for module in MODULES}
+def test_imports_have_no_cycles_not_even_for_type_checking() -> None:
+    graph = {module: direct_imports(module) & set(MODULES) for module in MODULES}
     state: dict[str, str] = {}
 
     def visit(module: str, path: list[str]) -> None:
@@ -186,6 +215,75 @@ def test_runtime_imports_have_no_cycles() -> None:
     for module in MODULES:
         if module not in state:
             visit(module, [])
+
+
+# ---------------------------------------------------------------- private names stay home
+
+def _imported_module_aliases(tree: ast.AST) -> set[str]:
+    """Names bound to modules outside reactor (``os``, ``_std`` for the stdlib socketserver...)."""
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] != PACKAGE:
+                    aliases.add(alias.asname or alias.name.split(".")[0])
+    return aliases
+
+
+def _defined_private_names(tree: ast.AST) -> set[str]:
+    """Private names this module defines: functions, classes, assigned attributes and slots."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)  # __slots__ entries, dataclass-style names
+    return {name for name in names if name.startswith("_")}
+
+
+def foreign_private_uses(tree: ast.AST) -> list[str]:
+    """Uses of another reactor module's private names: ``from .x import _y``, or
+    ``obj._attr`` where ``_attr`` is not defined in this module (``self``/``cls``,
+    ``super()`` and stdlib modules aside)."""
+    found = []
+    stdlib = _imported_module_aliases(tree)
+    own = _defined_private_names(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(PACKAGE)):
+            found.extend(f"line {node.lineno}: imports {alias.name}" for alias in node.names
+                         if alias.name.startswith("_") and not alias.name.startswith("__"))
+        if not isinstance(node, ast.Attribute):
+            continue
+        attr = node.attr
+        if not attr.startswith("_") or attr.startswith("__") or attr in own:
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id in {"self", "cls"} | stdlib:
+            continue
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "super":
+            continue
+        found.append(f"line {node.lineno}: .{attr}")
+    return found
+
+
+def test_private_use_detector_finds_every_form() -> None:
+    tree = ast.parse(
+        "import os\nfrom ._timers import _helper\nfrom .loop import EventLoop\n"
+        "class A:\n    def f(self, other, loop):\n        self._mine = 1\n        other._mine\n"
+        "        loop._claims\n        os._exit(0)\n        super()._x\n"
+    )
+    assert foreign_private_uses(tree) == ["line 2: imports _helper", "line 8: ._claims"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_no_module_uses_another_modules_private_names(module: str) -> None:
+    assert foreign_private_uses(parse(module)) == []
 
 
 # ---------------------------------------------------------------- platform questions

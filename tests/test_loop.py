@@ -21,7 +21,7 @@ import pytest
 
 from reactor import Reactor
 from reactor import socketserver as rsocketserver
-from reactor._hosting import DEFAULT_ACCEPT_BATCH
+from reactor.accept import DEFAULT_ACCEPT_BATCH
 from reactor._platform import available_selectors
 from support import ipv6_available, take_snapshot, wait_for
 

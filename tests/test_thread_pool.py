@@ -302,9 +302,9 @@ class DrainWatchedPool(ThreadPool):
         super().__init__(*args, **kwargs)
         self.draining = threading.Event()
 
-    def unbind(self, hosted: Any) -> None:
+    def begin_drain(self, hosted: Any, on_drained: Any) -> float:
         self.draining.set()
-        super().unbind(hosted)
+        return super().begin_drain(hosted, on_drained)
 
 
 # ---------------------------------------------------------------- running things

@@ -1,4 +1,4 @@
-"""Hosting one socketserver-style server on a Reactor: the accept path.
+"""The accept path of one hosted server, and the per-request dispatch strategies.
 
 A hosted server is known only by the stdlib's own duck type: ``fileno()``,
 ``get_request()``, ``verify_request()``, ``process_request()``,
@@ -6,6 +6,13 @@ A hosted server is known only by the stdlib's own duck type: ``fileno()``,
 optional ``timeout`` / ``handle_timeout()``. That is what lets an unmodified
 ``socketserver.TCPServer``, ``http.server.HTTPServer`` or
 ``xmlrpc.server.SimpleXMLRPCServer`` run beside reactor's own classes.
+
+Two kinds of strategy decide where a hosted server's requests run (the
+``dispatch=`` of ``Reactor.add_server``). A :class:`Dispatch` is per-request:
+the loop takes each request here and hands it to ``submit()`` (``Inline`` runs
+it in the loop's thread, ``ThreadPool`` on a worker thread). A *topology*
+(``reactor.hosting.Topology``, e.g. ``Prefork``) hosts the server in a
+process layout of its own and never uses this accept path in the master.
 
 Rules
 -----
@@ -23,29 +30,37 @@ Rules
    the server and is raised.
 5. The listener is in the selector exactly when nothing has paused it. Every
    reason to stop reading (exhaustion, a saturated dispatch, a server at its
-   own limit) is a named pause reason, so they compose.
+   own limit, draining) is a :class:`PauseReason`, so they compose.
 6. A server may define ``hosting_started(hosted)`` and ``hosting_stopped(hosted)``
    to learn of its hosting, e.g. to pause accepting at its own limit or to
-   watch descriptors of its own on the reactor.
+   watch descriptors of its own on the loop.
+7. Normal operation logs nothing (the stdlib's socketserver never does, and a
+   logging handler may itself talk to a server on this loop). Warnings and
+   errors log, rate-limited per cause where a client can cause them.
+8. Leaving is two-phase: ``begin_drain()`` stops taking requests at once and
+   reports, through a callback in the loop's thread, when nothing is in
+   flight; ``abort()`` ends what is still in flight; ``detach()`` releases.
 """
 
 from __future__ import annotations
 
+import enum
+import errno
 import logging
 import os
 import socket
 import socketserver as _stdlib_socketserver
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from ._errors import AcceptOutcome, classify_accept_error
+from ._ratelimit import RateLimitedLog
 from ._timers import TimerHandle
-
-if TYPE_CHECKING:
-    from .loop import Reactor
+from .loop import EventLoop
 
 __all__ = [
-    "Attachment", "Dispatch", "HostedServer", "Inline", "describe_server", "make_nonblocking",
-    "process_request_safely",
+    "Dispatch", "HostedServer", "HostingOptions", "Inline", "PauseReason", "describe_server",
+    "make_nonblocking", "process_request_safely",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,7 +71,36 @@ DEFAULT_ACCEPT_BATCH = 64
 EXHAUSTION_BACKOFF_MIN = 0.05
 EXHAUSTION_BACKOFF_MAX = 1.0
 
-PAUSED_EXHAUSTED = "exhausted"
+
+class PauseReason(str, enum.Enum):
+    """Why a listener is out of the selector; every reason in the package is named here."""
+
+    #: Out of descriptors or memory: retried on a timer.
+    EXHAUSTED = "exhausted"
+    #: Every worker busy and the queue full (``ThreadPool``).
+    SATURATED = "saturated"
+    #: ``ForkingMixIn`` at ``max_children``.
+    MAX_CHILDREN = "max_children"
+    #: A pre-fork worker reached ``max_requests`` and is recycling.
+    RECYCLING = "max_requests"
+    #: Leaving the loop: no request is taken any more.
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True)
+class HostingOptions:
+    """Per-server hosting options, passed as one record through every layer.
+
+    Attributes:
+        service_interval: seconds between ``service_actions()`` calls when the
+            server overrides it (it is also called after each batch of
+            requests); None calls it only after requests.
+        handle_timeouts: call ``handle_timeout()`` whenever the server has a
+            ``timeout`` and that many seconds pass without a request.
+    """
+
+    service_interval: float | None = 0.5
+    handle_timeouts: bool = True
 
 
 def describe_server(server: Any) -> str:
@@ -67,75 +111,96 @@ def describe_server(server: Any) -> str:
     return f"{type(server).__name__}({address!r})"
 
 
-def process_request_safely(server: Any, request: Any, client_address: Any) -> None:
+#: Errors of a datagram reply the peer could not take: its queue is full
+#: (a Unix datagram peer that never reads), it is gone, or unreachable.
+_LOST_REPLY_ERRNOS = frozenset(
+    getattr(errno, name) for name in (
+        "EAGAIN", "EWOULDBLOCK", "ENOBUFS", "ECONNREFUSED", "ENOENT", "EHOSTUNREACH", "ENETUNREACH",
+    ) if hasattr(errno, name))
+
+
+def _lost_datagram_reply(request: Any, exc: Exception) -> OSError | None:
+    """``exc`` if it says a datagram server's reply could not reach its peer, else None."""
+    if (isinstance(exc, OSError) and exc.errno in _LOST_REPLY_ERRNOS
+            and isinstance(request, tuple) and len(request) == 2
+            and isinstance(request[1], socket.socket) and request[1].type == socket.SOCK_DGRAM):
+        return exc
+    return None
+
+
+def process_request_safely(server: Any, request: Any, client_address: Any,
+                           hosted: HostedServer | None = None) -> None:
     """Run the hooks for one taken request, as ``BaseServer._handle_request_noblock`` does.
 
     Unlike the stdlib, an exception from ``verify_request`` is handled like one
     from ``process_request`` (``handle_error``, then ``shutdown_request``) instead
     of escaping into the loop, and ``shutdown_request`` runs even if
-    ``handle_error`` raises. ``BaseException`` (KeyboardInterrupt, SystemExit)
-    still propagates after the request is shut down.
+    ``handle_error`` raises. When the request came through ``hosted``, a
+    datagram reply the peer cannot take (its queue full, or gone) is counted
+    and logged rate-limited instead of going to ``handle_error``.
+    ``BaseException`` (KeyboardInterrupt, SystemExit) still propagates after the
+    request is shut down; a ``SystemExit`` is logged first, naming the server
+    and handler, since it ends every server on the loop.
     """
     try:
         if server.verify_request(request, client_address):
             server.process_request(request, client_address)
         else:
             server.shutdown_request(request)
-    except Exception:
+    except Exception as exc:
         try:
-            server.handle_error(request, client_address)
+            lost = _lost_datagram_reply(request, exc) if hosted is not None else None
+            if lost is not None and hosted is not None:
+                hosted.reply_lost(client_address, lost)
+            else:
+                server.handle_error(request, client_address)
         finally:
             server.shutdown_request(request)
-    except BaseException:
+    except BaseException as exc:
         server.shutdown_request(request)
+        if isinstance(exc, SystemExit):
+            handler = getattr(server, "RequestHandlerClass", None)
+            logger.error("%s: handler %s raised SystemExit(%r); it propagates out of the loop and "
+                         "stops every server on it", describe_server(server),
+                         getattr(handler, "__qualname__", handler), exc.code)
         raise
 
 
-class Attachment(Protocol):
-    """What a Reactor keeps for each hosted server; made by ``Dispatch.attach``."""
-
-    @property
-    def server(self) -> Any:
-        """The hosted server."""
-
-    @property
-    def dispatch(self) -> Dispatch:
-        """The strategy that made this attachment."""
-
-    def start(self) -> None:
-        """Begin serving."""
-
-    def detach(self) -> None:
-        """Stop serving and release everything taken from the server and the reactor."""
-
-
 class Dispatch:
-    """Base of dispatch strategies: where a hosted server's requests run.
+    """Base of per-request strategies: where each request a hosted server takes runs.
 
-    Subclasses override ``submit`` to run the request elsewhere (a worker
-    thread), ``bind``/``unbind`` to set up and tear down their resources, or
-    ``attach`` to host the server in a different topology (pre-forked worker
-    processes). The base class runs every request inline.
+    The loop takes a request off the listener and calls ``submit()``. A
+    subclass runs it elsewhere (a worker thread), sets up and tears down its
+    resources in ``bind()``/``unbind()``, and takes part in leaving through
+    ``begin_drain()`` and ``abort()``. The base class runs every request
+    inline, in the loop's thread.
     """
-
-    def attach(self, reactor: Reactor, server: Any, *, service_interval: float | None,
-               handle_timeouts: bool) -> Attachment:
-        """Make the attachment that serves ``server`` on ``reactor``."""
-        return HostedServer(reactor, server, self, service_interval=service_interval,
-                            handle_timeouts=handle_timeouts)
 
     def bind(self, hosted: HostedServer) -> None:
         """Called once when ``hosted`` starts; acquire resources here."""
 
-    def unbind(self, hosted: HostedServer) -> None:
-        """Called once when ``hosted`` is detached; release resources here."""
-
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         """Run the hooks for one request (see ``process_request_safely``)."""
-        process_request_safely(hosted.server, request, client_address)
+        process_request_safely(hosted.server, request, client_address, hosted)
+
+    def begin_drain(self, hosted: HostedServer, on_drained: Callable[[], None]) -> float:
+        """Let requests in flight finish; call ``on_drained()`` in the loop's thread once none is left
+        (at once, before returning, if none is in flight).
+
+        Returns:
+            The seconds the strategy allows before it should be aborted.
+        """
+        on_drained()  # inline: a request never outlives the callback that runs it
+        return 0.0
+
+    def abort(self, hosted: HostedServer) -> None:
+        """Give up on requests still in flight after the drain deadline."""
+
+    def unbind(self, hosted: HostedServer) -> None:
+        """Called once when ``hosted`` is detached, after draining or aborting; release resources here."""
 
     def owns_current_thread(self) -> bool:
-        """True when the calling thread is one this strategy runs requests on (not the reactor's)."""
+        """True when the calling thread is one this strategy runs requests on (not the loop's)."""
         return False
 
     def __repr__(self) -> str:
@@ -151,30 +216,34 @@ class Inline(Dispatch):
     """
 
 
-
 class HostedServer:
-    """The accept path of one server on one Reactor (see the module rules)."""
+    """The accept path of one server on one loop (see the module rules).
+
+    Made by ``Reactor.add_server`` for a per-request :class:`Dispatch`; it is
+    the attachment the reactor keeps for that server.
+    """
 
     def __init__(
         self,
-        reactor: Reactor,
+        reactor: EventLoop,
         server: Any,
         dispatch: Dispatch,
+        options: HostingOptions = HostingOptions(),
         *,
-        service_interval: float | None = 0.5,
-        handle_timeouts: bool = True,
+        on_listener_failed: Callable[[], None] | None = None,
         accept_batch: int = DEFAULT_ACCEPT_BATCH,
     ) -> None:
         self.reactor = reactor
+        self._on_listener_failed = on_listener_failed
         self._server = server
         self._dispatch = dispatch
+        self._options = options
         self.name = describe_server(server)
         self.accept_batch = accept_batch
         self.requests_taken = 0
         self._fd = server.fileno()
-        self._service_interval = service_interval
-        self._handle_timeouts = handle_timeouts
         self._pause_reasons: set[str] = set()
+        self._claimed = False
         self._registered = False
         self._started = False
         self._bound = False
@@ -187,6 +256,8 @@ class HostedServer:
         self._idle_timer: TimerHandle | None = None
         self._last_activity = reactor.time()
         self._calls_service_actions = _overrides(server, "service_actions")
+        self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0}
+        self._lost_replies = RateLimitedLog(logger)
 
     @property
     def server(self) -> Any:
@@ -203,10 +274,24 @@ class HostedServer:
         """True while the listener is out of the selector."""
         return bool(self._pause_reasons)
 
+    def stats(self) -> dict[str, int]:
+        """Counters: requests taken, requests lost before they were taken,
+        datagram replies the peer could not take, exhaustion pauses."""
+        return dict(self._counts, requests=self.requests_taken)
+
+    def reply_lost(self, client_address: Any, exc: OSError) -> None:
+        """Count a datagram reply the peer could not take; logged rate-limited."""
+        self._counts["replies_lost"] += 1
+        self._lost_replies.warning(
+            exc.errno, "%s: a reply to %r was lost: %s (%d lost so far)",
+            self.name, client_address, exc.strerror or exc, self._counts["replies_lost"])
+
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Make the listener non-blocking, start reading it and arm the timers."""
+        """Claim the listener, make it non-blocking, start reading it and arm the timers."""
+        self.reactor.claim(self._fd, self)
+        self._claimed = True
         self._restore_mode = make_nonblocking(self._server, self._fd)
         self._started = True
         self._dispatch.bind(self)
@@ -216,22 +301,41 @@ class HostedServer:
             hosting_started(self)
             self._announced = True
         self._sync_registration()
-        if self._calls_service_actions and self._service_interval is not None:
-            self._service_timer = self.reactor.call_later(self._service_interval, self._periodic_service)
-        if self._handle_timeouts and getattr(self._server, "timeout", None) is not None:
+        interval = self._options.service_interval
+        if self._calls_service_actions and interval is not None:
+            self._service_timer = self.reactor.call_later(interval, self._periodic_service)
+        if self._options.handle_timeouts and getattr(self._server, "timeout", None) is not None:
             self._arm_idle_timer()
 
+    def begin_drain(self, on_drained: Callable[[], None]) -> float:
+        """Stop taking requests at once; ``on_drained()`` runs in the loop once none is in flight
+        (before this returns, if none is).
+
+        Returns:
+            The seconds the dispatch allows for that (its drain timeout).
+        """
+        self._cancel_timers()
+        self.pause(PauseReason.DRAINING)
+        if not self._bound:
+            on_drained()
+            return 0.0
+        return self._dispatch.begin_drain(self, on_drained)
+
+    def abort(self) -> None:
+        """Give up on requests still in flight (queued ones are closed unserved)."""
+        if self._bound:
+            self._dispatch.abort(self)
+
     def detach(self) -> None:
-        """Stop reading, cancel timers, release the dispatch, restore the socket's mode."""
+        """Stop reading, cancel timers, release the dispatch and the claim, restore the socket's mode."""
         if not self._started:
             return
         self._started = False
-        for timer in (self._retry, self._service_timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._retry = self._service_timer = self._idle_timer = None
+        self._cancel_timers()
         self._sync_registration()
-        self.reactor._release_owned_fd(self._fd)
+        if self._claimed and not self.reactor.closed:
+            self.reactor.release(self._fd, self)
+        self._claimed = False
         try:
             if self._announced:
                 self._announced = False
@@ -244,8 +348,14 @@ class HostedServer:
                 self._restore_mode()
                 self._restore_mode = None
 
+    def _cancel_timers(self) -> None:
+        for timer in (self._retry, self._service_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._retry = self._service_timer = self._idle_timer = None
+
     def pause(self, reason: str) -> None:
-        """Stop reading the listener for ``reason`` until ``resume(reason)``."""
+        """Stop reading the listener for ``reason`` (a :class:`PauseReason`) until ``resume(reason)``."""
         self._pause_reasons.add(reason)
         self._sync_registration()
 
@@ -257,11 +367,11 @@ class HostedServer:
     def _sync_registration(self) -> None:
         want = self._started and not self._pause_reasons
         if want and not self._registered:
-            self.reactor._add_owned_reader(self._fd, self._on_readable)
+            self.reactor.add_reader(self._fd, self._on_readable, owner=self)
             self._registered = True
         elif not want and self._registered:
             # Paused, the listener stays claimed: nobody else may watch its fd.
-            self.reactor._remove_owned_reader(self._fd, release=not self._started)
+            self.reactor.remove_reader(self._fd, owner=self)
             self._registered = False
 
     # -- the accept path ---------------------------------------------------
@@ -284,14 +394,17 @@ class HostedServer:
                 if outcome is AcceptOutcome.EMPTY:
                     break
                 if outcome is AcceptOutcome.DROPPED:
-                    logger.debug("%s: request lost before it was taken: %s", self.name, exc)
+                    self._counts["dropped"] += 1
                     continue
                 if outcome is AcceptOutcome.EXHAUSTED:
                     self._on_exhausted(exc)
                     break
                 logger.error("%s: listener failed, removing it from the reactor", self.name)
                 if self._started:
-                    reactor.remove_server(server)
+                    if self._on_listener_failed is not None:
+                        self._on_listener_failed()
+                    else:
+                        self.detach()
                 raise
             taken += 1
             if self._exhaustion_retries:
@@ -314,13 +427,14 @@ class HostedServer:
                 "%s: cannot take requests: %s; pausing this listener and retrying "
                 "(connections wait in the kernel backlog)", self.name, exc.strerror or exc)
         self._exhaustion_retries += 1
-        self.pause(PAUSED_EXHAUSTED)
+        self._counts["exhausted"] += 1
+        self.pause(PauseReason.EXHAUSTED)
         self._retry = self.reactor.call_later(self._backoff, self._retry_after_exhaustion)
         self._backoff = min(self._backoff * 2, EXHAUSTION_BACKOFF_MAX)
 
     def _retry_after_exhaustion(self) -> None:
         self._retry = None
-        self.resume(PAUSED_EXHAUSTED)
+        self.resume(PauseReason.EXHAUSTED)
 
     def _on_recovered(self) -> None:
         logger.warning("%s: taking requests again after %d retries", self.name, self._exhaustion_retries)
@@ -330,9 +444,10 @@ class HostedServer:
     # -- periodic duties ---------------------------------------------------
 
     def _periodic_service(self) -> None:
-        assert self._service_interval is not None
+        interval = self._options.service_interval
+        assert interval is not None
         # Re-arm first: a service_actions() that raises must not end the schedule.
-        self._service_timer = self.reactor.call_later(self._service_interval, self._periodic_service)
+        self._service_timer = self.reactor.call_later(interval, self._periodic_service)
         self._server.service_actions()
 
     def _arm_idle_timer(self) -> None:
@@ -350,7 +465,7 @@ class HostedServer:
                 self._last_activity = now
                 self._server.handle_timeout()
         finally:
-            if self._started:
+            if self._started and PauseReason.DRAINING not in self._pause_reasons:
                 self._arm_idle_timer()
 
 

@@ -1,0 +1,412 @@
+"""The Reactor: an event loop that hosts socketserver-style servers, and how they leave it.
+
+A :class:`Reactor` is an :class:`~reactor.loop.EventLoop` plus a registry of
+hosted servers. Each server is hosted through an *attachment* that its
+strategy makes: a per-request :class:`~reactor.accept.Dispatch` (``Inline``,
+``ThreadPool``) gets the accept path of ``reactor.accept``; a
+:class:`Topology` (``Prefork``) builds a process layout of its own. The
+reactor knows attachments only through the :class:`Attachment` protocol and
+the loop only through its public API.
+
+Leaving
+-------
+A server leaves in two phases. ``begin_drain()`` stops taking requests at
+once and reports, in the loop's thread, when nothing is in flight;
+``abort()`` ends what is still in flight; ``detach()`` releases. So:
+
+1. ``close()`` drains every hosted server *at once*, running the loop
+   meanwhile, under one deadline: the longest that any strategy allows (its
+   ``drain_timeout`` or ``graceful_timeout``). Calling ``stop()`` during that
+   drain, e.g. from a second SIGTERM or SIGINT handler, or a second Ctrl-C
+   (KeyboardInterrupt), aborts what is left at once.
+2. ``remove_server()`` called outside the loop drains that one server the
+   same way before it returns. Called from inside the loop (a callback, an
+   inline handler), it stops taking that server's requests at once and
+   finishes leaving in the background, so no other server stalls meanwhile.
+3. ``shutdown_server()`` (and the ``shutdown()`` of a hosted server) is that
+   from any thread: it returns once the server takes no more requests.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import selectors
+import socketserver as _stdlib_socketserver
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ._timers import TimerHandle
+from .accept import Dispatch, HostedServer, HostingOptions, Inline, describe_server
+from .loop import EventLoop
+
+__all__ = ["Attachment", "Reactor", "Topology"]
+
+logger = logging.getLogger(__name__)
+
+
+class Attachment(Protocol):
+    """What a Reactor keeps for each hosted server; made by its strategy."""
+
+    @property
+    def server(self) -> Any:
+        """The hosted server."""
+
+    @property
+    def dispatch(self) -> Dispatch | Topology:
+        """The strategy that made this attachment."""
+
+    def start(self) -> None:
+        """Begin serving."""
+
+    def begin_drain(self, on_drained: Callable[[], None]) -> float:
+        """Stop taking requests now; call ``on_drained()`` in the loop's thread once none is in flight.
+
+        If none is in flight, ``on_drained()`` may run before this returns.
+
+        Returns:
+            The seconds the strategy allows before it should be aborted.
+        """
+
+    def abort(self) -> None:
+        """End whatever is still in flight, without waiting."""
+
+    def detach(self) -> None:
+        """Release everything taken from the server and the loop (after draining or aborting)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and state of this server's hosting."""
+
+
+class Topology:
+    """Base of strategies that host a server in a process layout of their own (``Prefork``).
+
+    Unlike a per-request :class:`~reactor.accept.Dispatch`, a topology does not
+    receive requests from the reactor's accept path: ``attach()`` makes the
+    whole attachment.
+    """
+
+    def attach(self, reactor: Reactor, server: Any, options: HostingOptions) -> Attachment:
+        """Make the attachment that serves ``server`` on ``reactor``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Reactor(EventLoop):
+    """A single-threaded event loop that hosts socketserver-style servers.
+
+    Args:
+        selector: the selector to wait on (default: ``selectors.DefaultSelector()``).
+            The reactor owns it and closes it in ``close()``.
+        clock: a monotonic clock in seconds (default: ``time.monotonic``). Timers
+            are scheduled on it; tests may inject a fake one.
+
+    Thread-safety: ``stop()``, ``call_soon_threadsafe()`` and
+    ``shutdown_server()`` may be called from any thread. Everything else
+    belongs to the thread that runs the reactor.
+    """
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(selector, clock)
+        self._attachments: dict[int, Attachment] = {}
+        #: Removed from inside the loop and still draining: finished in the background.
+        self._leaving: dict[int, _Departure] = {}
+        self._draining = False
+        self._abort_requested = False
+        #: The shutdown() given to hosted stdlib servers, to take back on leaving.
+        self._shutdown_overrides: dict[int, Callable[[], None]] = {}
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._attachments)} servers"
+        return f"<Reactor {state}>"
+
+    # -- hosting -------------------------------------------------------------
+
+    def add_server(
+        self,
+        server: Any,
+        dispatch: Dispatch | Topology | None = None,
+        *,
+        service_interval: float | None = 0.5,
+        handle_timeouts: bool = True,
+    ) -> None:
+        """Host a socketserver-style server: take and handle its requests when its socket is readable.
+
+        Works with reactor's own servers and with unmodified stdlib ones
+        (``socketserver``, ``http.server``, ``xmlrpc.server``). While hosted,
+        the server's socket is non-blocking; ``remove_server`` restores it.
+        A hosted stdlib server's ``shutdown()`` detaches it (see
+        ``shutdown_server``) instead of waiting for a ``serve_forever()`` that
+        never runs.
+
+        Args:
+            server: a bound, activated server (anything with socketserver's
+                ``fileno``/``get_request``/``verify_request``/``process_request``/
+                ``handle_error``/``shutdown_request`` hooks).
+            dispatch: where requests run: a per-request ``Dispatch`` (default
+                ``Inline()``, this thread) or a ``Topology`` (``Prefork``).
+            service_interval: seconds between ``service_actions()`` calls when
+                the server overrides it (it is also called after each batch
+                of requests); None calls it only after requests, like
+                ``serve_forever(poll_interval=None)``.
+            handle_timeouts: call ``handle_timeout()`` whenever the server has
+                a ``timeout`` and that many seconds pass without a request.
+                (socketserver's own ``serve_forever`` never does, so its
+                drop-in passes False.)
+
+        Raises:
+            ValueError: the server or its descriptor is already in this reactor.
+            TypeError: ``dispatch`` is neither a Dispatch nor a Topology.
+            RuntimeError: the reactor is closed.
+        """
+        if self.closed:
+            raise RuntimeError("reactor is closed")
+        key = id(server)
+        if key in self._attachments or key in self._leaving:
+            raise ValueError(f"{describe_server(server)} is already hosted by this reactor")
+        fd = server.fileno()
+        if self.is_claimed(fd) or self.is_watched(fd):
+            raise ValueError(f"descriptor {fd} of {describe_server(server)} is already watched by this reactor")
+        options = HostingOptions(service_interval=service_interval, handle_timeouts=handle_timeouts)
+        strategy = dispatch if dispatch is not None else Inline()
+        attachment: Attachment
+        if isinstance(strategy, Topology):
+            attachment = strategy.attach(self, server, options)
+        elif isinstance(strategy, Dispatch):
+            attachment = HostedServer(self, server, strategy, options,
+                                      on_listener_failed=functools.partial(self.remove_server, server))
+        else:
+            raise TypeError(f"dispatch must be a Dispatch or a Topology, not {type(strategy).__name__}")
+        self._attachments[key] = attachment
+        try:
+            attachment.start()
+        except BaseException:
+            del self._attachments[key]
+            attachment.detach()
+            raise
+        if type(server).shutdown is _stdlib_socketserver.BaseServer.shutdown:
+            # An unmodified stdlib server's shutdown() waits for its own
+            # serve_forever() to end, which never runs here: it would block
+            # forever (and deadlock this loop from a handler).
+            override = functools.partial(self.shutdown_server, server)
+            server.shutdown = override
+            self._shutdown_overrides[key] = override
+
+    def remove_server(self, server: Any) -> None:
+        """Stop hosting ``server`` and hand it back unclosed, its socket mode restored.
+
+        Outside the loop, its requests in flight are drained first (see the
+        module docstring: ``stop()`` meanwhile aborts them). From inside the
+        loop, it takes no more requests from this moment and finishes leaving
+        in the background.
+
+        Raises:
+            KeyError: the server is not hosted here.
+        """
+        attachment = self._attachments.pop(id(server), None)
+        if attachment is None:
+            raise KeyError(f"{describe_server(server)} is not hosted by this reactor")
+        self._restore_shutdown(server)
+        if self.in_loop():
+            self._leave_in_background(attachment)
+        else:
+            self._leave([attachment])
+
+    def shutdown_server(self, server: Any) -> None:
+        """Stop serving ``server`` from any thread, as ``shutdown()`` stops ``serve_forever()``.
+
+        Returns once the server takes no more requests; requests in flight
+        finish in the background (within the strategy's drain timeout), the
+        other servers keep serving, and the server is handed back unclosed.
+        From the loop's own thread (a handler), or from a worker thread of the
+        server's own strategy, it returns at once. Does nothing if the server
+        is not hosted here.
+
+        Thread-safety: safe from any thread.
+        """
+        if self.in_loop():
+            if id(server) in self._attachments:
+                self.remove_server(server)
+            return
+        attachment = self._attachments.get(id(server))
+        if attachment is None or self.closed:
+            return
+        removed = threading.Event()
+
+        def remove() -> None:
+            try:
+                if id(server) in self._attachments:
+                    self.remove_server(server)
+            finally:
+                removed.set()
+
+        try:
+            self.call_soon_threadsafe(remove)
+        except RuntimeError:
+            return  # closed meanwhile: nothing is served any more
+        strategy = attachment.dispatch
+        if isinstance(strategy, Dispatch) and strategy.owns_current_thread():
+            return  # one of its own workers: the drain waits for us, so we must not wait for it
+        # Wait while someone runs the loop; if nobody does, the removal runs
+        # at its next tick and nothing is taken before it.
+        while not removed.wait(0.05) and self.running:
+            pass
+
+    def attachment_of(self, server: Any) -> Attachment:
+        """The attachment hosting ``server`` (a ``HostedServer`` for a per-request dispatch).
+
+        Raises:
+            KeyError: the server is not hosted here.
+        """
+        attachment = self._attachments.get(id(server))
+        if attachment is None:
+            raise KeyError(f"{describe_server(server)} is not hosted by this reactor")
+        return attachment
+
+    def dispatch_of(self, server: Any) -> Dispatch | Topology:
+        """The dispatch strategy ``server`` is hosted with.
+
+        Raises:
+            KeyError: the server is not hosted here.
+        """
+        return self.attachment_of(server).dispatch
+
+    def server_stats(self, server: Any) -> dict[str, Any]:
+        """Counters of ``server``'s hosting (requests taken, requests lost before they were
+        taken, datagram replies lost, exhaustion pauses; a topology's own shape).
+
+        Raises:
+            KeyError: the server is not hosted here.
+        """
+        return self.attachment_of(server).stats()
+
+    @property
+    def servers(self) -> list[Any]:
+        """The hosted servers, in the order they were added."""
+        return [attachment.server for attachment in self._attachments.values()]
+
+    # -- leaving -------------------------------------------------------------
+
+    def _restore_shutdown(self, server: Any) -> None:
+        override = self._shutdown_overrides.pop(id(server), None)
+        if override is not None and vars(server).get("shutdown") is override:
+            del server.shutdown
+
+    def stop(self) -> None:
+        """Ask ``serve_forever()`` to return; no request is taken from now on.
+
+        While ``close()`` or ``remove_server()`` drains servers, it aborts
+        what is still in flight instead (a second SIGTERM means "now").
+
+        Thread-safety: safe from any thread, from a handler and from a signal
+        handler; never blocks; idempotent.
+        """
+        if self._draining:
+            self._abort_requested = True
+        super().stop()
+
+    def close(self) -> None:
+        """Drain every hosted server at once, then ``server_close()`` each; drop timers; close the selector.
+
+        Hosting transfers ownership, so servers still hosted are closed; use
+        ``remove_server()`` first to keep one. Servers removed from inside the
+        loop that are still draining finish (or are aborted) here, unclosed.
+        Idempotent.
+
+        Raises:
+            RuntimeError: the reactor is running.
+        """
+        if self.closed:
+            return
+        if self.running:
+            raise RuntimeError("cannot close a running reactor; stop() it first")
+        hosted = list(self._attachments.values())
+        self._attachments.clear()
+        for attachment in hosted:
+            self._restore_shutdown(attachment.server)
+        try:
+            self._leave(hosted)
+        finally:
+            for attachment in hosted:
+                try:
+                    attachment.server.server_close()
+                except Exception:  # keep closing the rest
+                    logger.exception("%s: server_close() failed", describe_server(attachment.server))
+            super().close()
+
+    def _leave(self, attachments: list[Attachment]) -> None:
+        """Drain ``attachments``, and any still leaving in the background, together under one
+        deadline while running the loop; abort what is left at the deadline or on ``stop()``."""
+        departures: list[_Departure] = []
+        for departure in self._leaving.values():
+            departure.then = None
+            if departure.timer is not None:
+                departure.timer.cancel()
+            departures.append(departure)
+        self._leaving.clear()
+        self._draining = True
+        self._abort_requested = False
+        try:
+            # Begun inside the try: an interrupt (Ctrl-C) while they begin
+            # still aborts and detaches every one that began.
+            for attachment in attachments:
+                departures.append(self._begin_departure(attachment))
+            if departures:
+                deadline = max(departure.deadline for departure in departures)
+                self.run_until(lambda: self._abort_requested or all(d.drained for d in departures),
+                               max(deadline - self.time(), 0.0))
+        finally:
+            self._draining = False
+            for departure in departures:
+                if not departure.drained:
+                    departure.attachment.abort()
+            for departure in departures:
+                departure.attachment.detach()
+
+    def _leave_in_background(self, attachment: Attachment) -> None:
+        key = id(attachment.server)
+        departure = self._begin_departure(attachment)
+        self._leaving[key] = departure
+
+        def finish() -> None:
+            if self._leaving.pop(key, None) is not departure:
+                return  # close() took it over
+            if departure.timer is not None:
+                departure.timer.cancel()
+            if not departure.drained:
+                attachment.abort()
+            attachment.detach()
+
+        if departure.drained:
+            finish()
+            return
+        departure.then = finish
+        departure.timer = self.call_at(departure.deadline, finish)
+
+    def _begin_departure(self, attachment: Attachment) -> _Departure:
+        departure = _Departure(attachment)
+        departure.deadline = self.time() + attachment.begin_drain(departure.set_drained)
+        return departure
+
+
+class _Departure:
+    """One server leaving: drained yet, by when, and what to do once it is."""
+
+    def __init__(self, attachment: Attachment) -> None:
+        self.attachment = attachment
+        self.drained = False
+        self.deadline = 0.0
+        self.then: Callable[[], None] | None = None
+        self.timer: TimerHandle | None = None
+
+    def set_drained(self) -> None:
+        self.drained = True
+        if self.then is not None:
+            self.then()
