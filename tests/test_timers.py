@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ import pytest
 from reactor._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from reactor._timers import Handle, TimerHandle, TimerHeap
 from reactor._waker import Waker
-from support import run_python
+from support import REPO_ROOT, run_python
 
 
 def _noop(*args: object) -> None:
@@ -235,9 +236,13 @@ def test_timer_handle_run_and_cancel() -> None:
         ("ENFILE", AcceptOutcome.EXHAUSTED),
         ("ENOBUFS", AcceptOutcome.EXHAUSTED),
         ("ENOMEM", AcceptOutcome.EXHAUSTED),
+        ("ETIMEDOUT", AcceptOutcome.DROPPED),
+        ("EPIPE", AcceptOutcome.DROPPED),
         ("EBADF", AcceptOutcome.FATAL),
         ("ENOTSOCK", AcceptOutcome.FATAL),
         ("EINVAL", AcceptOutcome.FATAL),
+        ("EFAULT", AcceptOutcome.FATAL),
+        ("ENOTCONN", AcceptOutcome.FATAL),
     ],
 )
 def test_classify_accept_error_by_errno(code: str, outcome: AcceptOutcome) -> None:
@@ -251,12 +256,61 @@ def test_classify_accept_error_by_errno(code: str, outcome: AcceptOutcome) -> No
         (BlockingIOError(errno.EAGAIN, "again"), AcceptOutcome.EMPTY),
         (ConnectionAbortedError(errno.ECONNABORTED, "aborted"), AcceptOutcome.DROPPED),
         (PermissionError(errno.EPERM, "firewall"), AcceptOutcome.DROPPED),
-        (OSError("no errno at all"), AcceptOutcome.FATAL),
+        (BrokenPipeError(errno.EPIPE, "peer reset mid-handshake"), AcceptOutcome.DROPPED),
+        (OSError("no errno at all"), AcceptOutcome.DROPPED),
+        (TimeoutError("_ssl.c:989: The handshake operation timed out"), AcceptOutcome.DROPPED),
+        (socket.timeout("timed out"), AcceptOutcome.DROPPED),
     ],
-    ids=["BlockingIOError", "ConnectionAbortedError", "PermissionError", "no-errno"],
+    ids=["BlockingIOError", "ConnectionAbortedError", "PermissionError", "BrokenPipeError", "no-errno",
+         "TimeoutError", "socket.timeout"],
 )
 def test_classify_accept_error_by_exception_subclass(exc: OSError, outcome: AcceptOutcome) -> None:
     assert classify_accept_error(exc) is outcome
+
+
+# An SSLError's errno is OpenSSL's SSL_get_error() code, not an errno: read as
+# errnos, SSL_ERROR_EOF (8) is ENOEXEC, SSL_ERROR_WANT_READ (2) ENOENT.
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ssl.SSLError(ssl.SSL_ERROR_SSL, "[SSL: HTTP_REQUEST] http request"),
+        ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol"),
+        ssl.SSLZeroReturnError(ssl.SSL_ERROR_ZERO_RETURN, "TLS/SSL connection has been closed"),
+        ssl.SSLSyscallError(ssl.SSL_ERROR_SYSCALL, "Some I/O error occurred"),
+        ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ, "The operation did not complete"),
+        ssl.SSLCertVerificationError(ssl.SSL_ERROR_SSL, "certificate verify failed"),
+        # CPython's CVE-2023-40217 check: a real ENOTCONN, still one connection.
+        ssl.SSLError(errno.ENOTCONN, "Closed before TLS handshake with data in recv buffer."),
+        ssl.SSLError(errno.EBADF, "even an errno that would be fatal on a plain OSError"),
+        ssl.SSLError("no errno at all"),
+    ],
+    ids=["SSLError", "SSLEOFError", "SSLZeroReturnError", "SSLSyscallError", "SSLWantReadError",
+         "SSLCertVerificationError", "SSLError-ENOTCONN", "SSLError-EBADF", "SSLError-no-errno"],
+)
+def test_every_tls_error_drops_the_connection_whatever_its_errno(exc: ssl.SSLError) -> None:
+    assert classify_accept_error(exc) is AcceptOutcome.DROPPED
+
+
+def test_classifying_never_imports_ssl() -> None:
+    # ssl is a heavy import: an SSLError can only exist once it is loaded, so
+    # the classifier looks it up in sys.modules instead of importing it.
+    # The leaf module is loaded alone, by path, so that no other module of the
+    # package can be the one that imports ssl.
+    result = run_python(
+        """
+        import errno, importlib.util, sys
+        spec = importlib.util.spec_from_file_location("_errors", sys.argv[1])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        outcomes = [module.classify_accept_error(exc).name for exc in (
+            OSError(errno.EBADF, "x"), OSError(errno.EPIPE, "x"), OSError("x"), BlockingIOError(errno.EAGAIN, "x"))]
+        print(" ".join(outcomes), "ssl" in sys.modules)
+        """,
+        str(REPO_ROOT / "reactor" / "_errors.py"),
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["FATAL", "DROPPED", "DROPPED", "EMPTY", "False"]
 
 
 def test_request_dropped_is_dropped() -> None:
