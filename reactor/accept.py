@@ -53,7 +53,7 @@ import socketserver as _stdlib_socketserver
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._errors import AcceptOutcome, classify_accept_error
+from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._ratelimit import RateLimitedLog
 from ._timers import TimerHandle
 from .loop import EventLoop
@@ -258,6 +258,7 @@ class HostedServer:
         self._calls_service_actions = _overrides(server, "service_actions")
         self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0}
         self._lost_replies = RateLimitedLog(logger)
+        self._drops = RateLimitedLog(logger)
 
     @property
     def server(self) -> Any:
@@ -394,7 +395,7 @@ class HostedServer:
                 if outcome is AcceptOutcome.EMPTY:
                     break
                 if outcome is AcceptOutcome.DROPPED:
-                    self._counts["dropped"] += 1
+                    self._on_dropped(exc)
                     continue
                 if outcome is AcceptOutcome.EXHAUSTED:
                     self._on_exhausted(exc)
@@ -420,6 +421,15 @@ class HostedServer:
             self._last_activity = reactor.time()
             if self._calls_service_actions and self._started:
                 server.service_actions()
+
+    def _on_dropped(self, exc: OSError) -> None:
+        # A peer that resets before we take its connection is routine; a TLS
+        # handshake that fails is worth a (rate-limited) word: a context with
+        # no usable certificate would otherwise drop every client silently.
+        self._counts["dropped"] += 1
+        if not isinstance(exc, RequestDropped) and (exc.errno is None or type(exc).__module__ == "ssl"):
+            self._drops.warning(type(exc).__name__, "%s: dropped a connection while taking it: %s (%d dropped so far)",
+                                self.name, exc, self._counts["dropped"])
 
     def _on_exhausted(self, exc: OSError) -> None:
         if self._exhaustion_retries == 0:

@@ -325,11 +325,17 @@ def test_a_burst_of_port_scans_is_dropped_and_the_client_behind_it_served(
         site: Site, caplog: pytest.LogCaptureFixture) -> None:
     # As many dead connections as the listen backlog holds (more would only
     # make the kernel drop SYNs and the clients retry a second later).
-    for _ in range(site.web.request_queue_size):
+    caplog.set_level(logging.WARNING, logger="reactor")
+    scans = site.web.request_queue_size
+    for _ in range(scans):
         connect_then_close(site)
     assert site.https_get("/after-scan") == b"hello /after-scan"
     assert site.echo_round_trip() == b"ping"
     assert reactor_errors(caplog) == []
+    # Each is counted; the log says so once per kind of failure, not once per scan.
+    assert site.reactor.server_stats(site.web)["dropped"] == scans
+    said = [r for r in caplog.records if "dropped a connection" in r.getMessage()]
+    assert 1 <= len(said) <= 2, [r.getMessage() for r in said]
 
 
 # A handshake that hits a socket timeout needs socket.setdefaulttimeout(), which
