@@ -56,7 +56,7 @@ import socket
 import socketserver as _std
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._hosting import Dispatch, HostedServer, describe_server, process_request_safely
@@ -73,45 +73,101 @@ StreamRequestHandler = _std.StreamRequestHandler
 DatagramRequestHandler = _std.DatagramRequestHandler
 
 
+class _ThreadList(Protocol):
+    """What ``ThreadingMixIn._threads`` is: the stdlib's ``_NoThreads`` or a ``_Threads``."""
+
+    def append(self, thread: threading.Thread) -> None: ...
+
+    def join(self) -> None: ...
+
+
+class _Threads(list[threading.Thread]):
+    """The running non-daemon request threads of one server (its ``_threads``).
+
+    The stdlib's ``_Threads`` list, with the same methods (``append``,
+    ``pop_all``, ``join``, ``reap``), plus ``discard``: a request thread
+    removes itself as it ends, so the list holds only live threads.
+
+    Thread-safety: every method may be called from any thread.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def append(self, thread: threading.Thread) -> None:
+        """Remember ``thread`` unless it is a daemon thread."""
+        if thread.daemon:
+            return
+        with self._lock:
+            super().append(thread)
+
+    def discard(self, thread: threading.Thread) -> None:
+        """Forget ``thread`` if it is here."""
+        with self._lock:
+            if thread in self:
+                super().remove(thread)
+
+    def pop_all(self) -> list[threading.Thread]:
+        """Forget every thread and return them."""
+        with self._lock:
+            self[:], result = [], self[:]
+        return result
+
+    def join(self) -> None:
+        """Wait for every remembered thread to end."""
+        for thread in self.pop_all():
+            thread.join()
+
+    def reap(self) -> None:
+        """Forget the threads that have ended (kept for the stdlib's API)."""
+        with self._lock:
+            self[:] = [thread for thread in self if thread.is_alive()]
+
+
 class ThreadingMixIn(_std.ThreadingMixIn):
     """Mix-in class to handle each request in a new thread; the stdlib's, tidier.
 
     Class variables: ``daemon_threads`` (threads do not keep the process
     alive), ``block_on_close`` (``server_close()`` joins non-daemon threads).
 
+    As in the stdlib, with ``block_on_close`` the running non-daemon threads
+    are in the server's ``_threads`` list (``len(server._threads)`` works),
+    and ``server_close()`` joins them.
+
     What differs: a finished request thread is forgotten as it ends (the
     stdlib keeps it until the next request arrives), so an idle server
     holds no dead ``Thread`` objects.
     """
 
+    # The stdlib's class attribute is a shared ``_NoThreads()``; a server
+    # with ``block_on_close`` gets its own ``_Threads`` at its first request.
+    _threads: _ThreadList
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread that runs ``process_request_thread``."""
+        if self.block_on_close and "_threads" not in vars(self):
+            self._threads = _Threads()
         thread = threading.Thread(target=self.process_request_thread, args=(request, client_address))
         thread.daemon = self.daemon_threads
-        if self.block_on_close and not thread.daemon:
-            with _REQUEST_THREADS_LOCK:
-                self.__dict__.setdefault("_request_threads", set()).add(thread)
-        thread.start()
+        threads = self._threads
+        threads.append(thread)
+        try:
+            thread.start()
+        except BaseException:
+            # Never started: server_close() must not join it.
+            if isinstance(threads, _Threads):
+                threads.discard(thread)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Run the request, then forget this thread."""
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with _REQUEST_THREADS_LOCK:
-                self.__dict__.get("_request_threads", set()).discard(threading.current_thread())
-
-    def server_close(self) -> None:
-        """Close the server; with ``block_on_close``, wait for running request threads."""
-        super().server_close()
-        with _REQUEST_THREADS_LOCK:
-            running = list(self.__dict__.get("_request_threads", ()))
-        for thread in running:
-            thread.join()
-
-
-# One lock for every server's thread set: taken for a set operation only.
-_REQUEST_THREADS_LOCK = threading.Lock()
+            threads = vars(self).get("_threads")
+            if isinstance(threads, _Threads):
+                threads.discard(threading.current_thread())
 
 
 if hasattr(os, "fork"):
