@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import struct
 import sys
 import textwrap
 import threading
@@ -24,6 +26,7 @@ import pytest
 
 from reactor import socketserver as rx_socketserver
 from support import run_python, wait_for
+from test_compat import EchoStreamHandler, kernel_listen_backlog
 
 
 # ---------------------------------------------------------------- helpers
@@ -214,3 +217,95 @@ def test_public_names_defined_here_are_the_stdlib_all() -> None:
                and getattr(getattr(rx_socketserver, name), "__module__", None)
                in ("socketserver", "reactor.socketserver")]
     assert sorted(defined) == sorted(rx_socketserver.__all__)
+
+
+# ---------------------------------------------------------------- request_queue_size
+
+UNIX_DIAG_REQUEST = struct.Struct("=BBHIIIII")  # family, protocol, pad, states, ino, show, cookie[2]
+UDIAG_SHOW_RQLEN, UNIX_DIAG_RQLEN = 0x10, 4
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NLMSG_ERROR = 4, 20, 1, 2
+
+
+def unix_listen_backlog(sock: socket.socket) -> int:
+    """The backlog the kernel holds for a listening Unix stream socket (Linux unix_diag)."""
+    inode = os.fstat(sock.fileno()).st_ino
+    try:
+        diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    except (AttributeError, OSError) as exc:
+        pytest.skip(f"sock_diag netlink unavailable: {exc}")
+    with diag:
+        diag.settimeout(5)
+        request = UNIX_DIAG_REQUEST.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, inode, UDIAG_SHOW_RQLEN,
+                                         0xFFFFFFFF, 0xFFFFFFFF)  # no cookie check
+        header = struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
+        diag.sendto(header + request, (0, 0))
+        data = diag.recv(1 << 16)
+    length, kind = struct.unpack_from("=IH", data)
+    if kind == NLMSG_ERROR:
+        pytest.skip("unix_diag request refused")
+    offset = 16 + 16  # nlmsghdr, unix_diag_msg; then the attributes
+    while offset + 4 <= length:
+        attr_length, attr_type = struct.unpack_from("=HH", data, offset)
+        if attr_type == UNIX_DIAG_RQLEN:
+            _queued, backlog = struct.unpack_from("=II", data, offset + 4)
+            return int(backlog)
+        offset += (attr_length + 3) & ~3
+    raise AssertionError("unix_diag gave no UNIX_DIAG_RQLEN for the listening socket")
+
+
+def effective_somaxconn() -> int:
+    """listen(socket.SOMAXCONN) as the kernel applies it (capped by net.core.somaxconn)."""
+    with open("/proc/sys/net/core/somaxconn") as fh:
+        return min(socket.SOMAXCONN, int(fh.read()))
+
+
+def make_stream_server(kind: str, unix_dir: str, server_class: Any = None, **kwargs: Any) -> Any:
+    if kind == "tcp":
+        return (server_class or rx_socketserver.TCPServer)(("127.0.0.1", 0), EchoStreamHandler, **kwargs)
+    return (server_class or rx_socketserver.UnixStreamServer)(
+        os.path.join(unix_dir, "s.sock"), EchoStreamHandler, **kwargs)
+
+
+def listen_backlog(kind: str, server: Any) -> int:
+    return kernel_listen_backlog(server.socket) if kind == "tcp" else unix_listen_backlog(server.socket)
+
+
+STREAM_KINDS = ["tcp", "unix"]
+STREAM_BASES = {"tcp": "TCPServer", "unix": "UnixStreamServer"}
+
+
+@pytest.mark.parametrize("kind", STREAM_KINDS)
+def test_default_request_queue_size_is_somaxconn_in_the_kernel(kind: str, unix_dir: str) -> None:
+    server = make_stream_server(kind, unix_dir)
+    try:
+        assert listen_backlog(kind, server) == effective_somaxconn()
+    finally:
+        server.server_close()
+    assert server.request_queue_size == socket.SOMAXCONN
+
+
+@pytest.mark.parametrize("threading_variant", [False, True], ids=["plain", "threading"])
+@pytest.mark.parametrize("kind", STREAM_KINDS)
+def test_subclass_request_queue_size_is_honoured(kind: str, threading_variant: bool, unix_dir: str) -> None:
+    base = getattr(rx_socketserver, ("Threading" if threading_variant else "") + STREAM_BASES[kind])
+
+    class Server(base):
+        request_queue_size = 17
+
+    server = make_stream_server(kind, unix_dir, Server)
+    try:
+        assert listen_backlog(kind, server) == 17
+    finally:
+        server.server_close()
+
+
+@pytest.mark.parametrize("kind", STREAM_KINDS)
+def test_instance_request_queue_size_is_honoured(kind: str, unix_dir: str) -> None:
+    server = make_stream_server(kind, unix_dir, bind_and_activate=False)
+    try:
+        server.request_queue_size = 23
+        server.server_bind()
+        server.server_activate()
+        assert listen_backlog(kind, server) == 23
+    finally:
+        server.server_close()
