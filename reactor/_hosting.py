@@ -284,7 +284,6 @@ class HostedServer:
                 if outcome is AcceptOutcome.EMPTY:
                     break
                 if outcome is AcceptOutcome.DROPPED:
-                    logger.debug("%s: request lost before it was taken: %s", self.name, exc)
                     continue
                 if outcome is AcceptOutcome.EXHAUSTED:
                     self._on_exhausted(exc)

@@ -369,7 +369,6 @@ class Reactor:
             del self._attachments[key]
             attachment.detach()
             raise
-        logger.debug("hosting %s with %r", describe_server(server), strategy)
 
     def remove_server(self, server: Any) -> None:
         """Stop hosting ``server`` and hand it back unclosed, its socket mode restored.

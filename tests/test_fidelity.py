@@ -12,20 +12,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import logging
+import logging.handlers
 import os
+import pickle
 import socket
 import struct
 import sys
 import textwrap
 import threading
+import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import reactor
 from reactor import socketserver as rx_socketserver
-from support import run_python, wait_for
+from support import ipv6_available, run_python, wait_for
 from test_compat import EchoStreamHandler, kernel_listen_backlog
 
 
@@ -309,3 +317,282 @@ def test_instance_request_queue_size_is_honoured(kind: str, unix_dir: str) -> No
         assert listen_backlog(kind, server) == 23
     finally:
         server.server_close()
+
+
+# ---------------------------------------------------------------- logging
+
+REACTOR_DIR = str(Path(reactor.__file__).resolve().parent)
+
+
+class RecordingHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not any(seen is record for seen in self.records):  # attached to "reactor" and to root
+            self.records.append(record)
+
+
+class FromReactor(logging.Filter):
+    """Records logged by reactor's code, whatever logger it used."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] == "reactor" or record.pathname.startswith(REACTOR_DIR)
+
+
+@contextlib.contextmanager
+def reactor_log_records() -> Iterator[list[logging.LogRecord]]:
+    """Every record reactor emits meanwhile: the "reactor" logger and root at DEBUG (restored after)."""
+    handler = RecordingHandler()
+    handler.addFilter(FromReactor())
+    reactor_logger, root = logging.getLogger("reactor"), logging.getLogger()
+    levels = reactor_logger.level, root.level
+    reactor_logger.setLevel(logging.DEBUG)
+    root.setLevel(logging.DEBUG)
+    reactor_logger.addHandler(handler)
+    root.addHandler(handler)  # a record from a logger outside "reactor" (or one not propagating)
+    try:
+        yield handler.records
+    finally:
+        root.removeHandler(handler)
+        reactor_logger.removeHandler(handler)
+        reactor_logger.setLevel(levels[0])
+        root.setLevel(levels[1])
+
+
+def describe_records(records: list[logging.LogRecord]) -> str:
+    return "; ".join(f"{r.name}:{r.levelname}: {r.getMessage()}" for r in records)
+
+
+class UpperStreamHandler(rx_socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline().upper())
+
+
+class UpperDatagramHandler(rx_socketserver.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read().upper())
+
+
+LOGGING_CASES = [
+    # (server class name, address kind, dispatch)
+    ("TCPServer", "tcp4", None),
+    ("TCPServer", "tcp6", None),
+    ("TCPServer", "tcp4", "ThreadPool"),
+    ("UDPServer", "udp4", None),
+    ("UDPServer", "udp6", None),
+    ("UnixStreamServer", "unix", None),
+    ("UnixDatagramServer", "unix", None),
+    ("ThreadingTCPServer", "tcp4", None),
+    ("ThreadingTCPServer", "tcp6", None),
+    ("ThreadingUDPServer", "udp4", None),
+    ("ThreadingUnixStreamServer", "unix", None),
+    ("ThreadingUnixDatagramServer", "unix", None),
+]
+
+
+def client_exchange(server: Any, payload: bytes, unix_dir: str, index: int) -> bytes:
+    address = server.server_address
+    datagram = server.socket_type == socket.SOCK_DGRAM
+    with socket.socket(server.address_family, server.socket_type) as sock:
+        sock.settimeout(5)
+        if datagram and server.address_family == socket.AF_UNIX:
+            sock.bind(os.path.join(unix_dir, f"client{index}.sock"))  # somewhere to reply to
+        sock.connect(address)
+        if datagram:
+            sock.send(payload)
+            return sock.recv(1024)
+        sock.sendall(payload + b"\n")
+        return sock.makefile("rb").readline().rstrip(b"\n")
+
+
+@pytest.mark.parametrize(("name", "kind", "dispatch"), LOGGING_CASES,
+                         ids=[f"{n}-{k}" + (f"-{d}" if d else "") for n, k, d in LOGGING_CASES])
+def test_compat_servers_log_nothing_in_normal_operation(name: str, kind: str, dispatch: str | None,
+                                                        unix_dir: str, serving_thread: list[threading.Thread]) -> None:
+    if kind.endswith("6") and not ipv6_available():
+        pytest.skip("no IPv6 loopback here")
+    address: Any = {"tcp4": ("127.0.0.1", 0), "udp4": ("127.0.0.1", 0), "tcp6": ("::1", 0),
+                    "udp6": ("::1", 0), "unix": os.path.join(unix_dir, "server.sock")}[kind]
+    server_class = getattr(rx_socketserver, name)
+    handler = UpperDatagramHandler if "Datagram" in name or "UDP" in name else UpperStreamHandler
+    with reactor_log_records() as records:
+        kwargs = {"dispatch": reactor.ThreadPool(2)} if dispatch == "ThreadPool" else {}
+        with server_class(address, handler, **kwargs) as server:
+            start_serving(server, serving_thread)
+            try:
+                replies = [client_exchange(server, b"hello %d" % i, unix_dir, i) for i in range(3)]
+            finally:
+                server.shutdown()
+            serving_thread[-1].join(timeout=10)
+    assert replies == [b"HELLO %d" % i for i in range(3)]
+    assert not records, describe_records(records)
+
+
+class QuietHTTPHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_reactor_hosting_a_stdlib_http_server_logs_nothing(serving_thread: list[threading.Thread]) -> None:
+    import http.client
+
+    with reactor_log_records() as records:
+        with reactor.Reactor() as loop:
+            web = http.server.HTTPServer(("127.0.0.1", 0), QuietHTTPHandler)  # the stdlib's
+            loop.add_server(web)
+            thread = threading.Thread(target=loop.serve_forever, name="reactor")
+            thread.start()
+            serving_thread.append(thread)
+            try:
+                for _ in range(3):
+                    conn = http.client.HTTPConnection(*web.server_address, timeout=5)
+                    try:
+                        conn.request("GET", "/")
+                        assert conn.getresponse().read() == b"ok\n"
+                    finally:
+                        conn.close()
+            finally:
+                loop.stop()
+                thread.join(timeout=10)
+    assert not records, describe_records(records)
+
+
+class LogReceivingHTTPHandler(http.server.BaseHTTPRequestHandler):
+    """Receives logging.handlers.HTTPHandler's POSTs; keeps each record's name and message."""
+
+    server: Any
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        fields = urllib.parse.parse_qs(body.decode())
+        self.server.received.append((fields["name"][0], fields["msg"][0]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class BoundedHTTPHandler(logging.handlers.HTTPHandler):
+    """An HTTPHandler whose connection has a timeout, so a deadlock fails the test instead of
+    hanging it (the stdlib's has none: there, the deadlock lasts forever). A record that
+    timed out is kept in ``errors``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.errors: list[logging.LogRecord] = []
+
+    def getConnection(self, host: str, secure: bool) -> Any:
+        import http.client
+        return http.client.HTTPConnection(host, timeout=2)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.errors.append(record)
+
+
+@contextlib.contextmanager
+def root_handler(handler: logging.Handler) -> Iterator[None]:
+    """``handler`` on the root logger at DEBUG, as a logging config would put it; restored after."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+def log_from_a_thread(logger: logging.Logger, count: int) -> None:
+    """Log ``count`` records from another thread, bounded by a join timeout."""
+    # Formatted here: HTTPHandler posts msg and args apart.
+    thread = threading.Thread(target=lambda: [logger.info(f"record {i}") for i in range(count)],
+                              name="app-logging", daemon=True)  # daemon: a deadlock must not hang pytest's exit
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "logging through a handler served by reactor deadlocked"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hosting", ["serve_forever", "Reactor"])
+def test_http_log_handler_served_by_reactor_in_the_same_process_does_not_deadlock(hosting: str) -> None:
+    class LogServer(rx_socketserver.TCPServer if hosting == "serve_forever" else http.server.HTTPServer):
+        received: list[tuple[str, str]]
+
+    server = LogServer(("127.0.0.1", 0), LogReceivingHTTPHandler)
+    server.received = []
+    host, port = server.server_address[:2]
+    handler = BoundedHTTPHandler(f"{host}:{port}", "/log", method="POST")
+    loop = reactor.Reactor() if hosting == "Reactor" else None
+    app = logging.getLogger("app.fidelity")
+    serve_thread: threading.Thread | None = None
+    try:
+        with root_handler(handler):
+            if loop is not None:
+                loop.add_server(server)  # from this thread, before anything serves the log server
+                serve_thread = threading.Thread(target=loop.serve_forever, name="reactor", daemon=True)
+            else:
+                serve_thread = threading.Thread(target=server.serve_forever, name="log-server", daemon=True)
+            serve_thread.start()
+            log_from_a_thread(app, 5)
+            if loop is not None:
+                loop.stop()
+            else:
+                server.shutdown()
+            serve_thread.join(timeout=15)
+            assert not serve_thread.is_alive(), "the log server did not stop"
+    finally:
+        if loop is not None:
+            loop.stop()
+            if serve_thread is None or not serve_thread.is_alive():
+                loop.close()  # closes the server too
+        server.server_close()
+    assert not handler.errors, f"{len(handler.errors)} records failed: {describe_records(handler.errors)}"
+    assert server.received == [("app.fidelity", f"record {i}") for i in range(5)]
+
+
+class LogRecordStreamHandler(rx_socketserver.StreamRequestHandler):
+    """Receives logging.handlers.SocketHandler's pickles (length-prefixed)."""
+
+    server: Any
+
+    def handle(self) -> None:
+        while True:
+            header = self.rfile.read(4)
+            if len(header) < 4:
+                return
+            (length,) = struct.unpack(">L", header)
+            record = pickle.loads(self.rfile.read(length))
+            self.server.received.append((record["name"], record["msg"]))  # msg % args, merged by makePickle
+
+
+def test_socket_log_handler_served_by_reactor_receives_only_the_applications_records(
+        serving_thread: list[threading.Thread]) -> None:
+    class LogServer(rx_socketserver.ThreadingTCPServer):
+        received: list[tuple[str, str]]
+
+    with LogServer(("127.0.0.1", 0), LogRecordStreamHandler) as server:
+        server.received = []
+        handler = logging.handlers.SocketHandler(*server.server_address[:2])
+        app = logging.getLogger("app.fidelity")
+        with root_handler(handler):
+            start_serving(server, serving_thread)
+            try:
+                log_from_a_thread(app, 5)
+                handler.close()  # the request thread sees EOF and ends
+                wait_for(lambda: len(server.received) >= 5, message=lambda: f"received {server.received}")
+            finally:
+                server.shutdown()
+    assert server.received == [("app.fidelity", f"record {i}") for i in range(5)]
