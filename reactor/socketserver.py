@@ -37,6 +37,12 @@ What differs, on purpose:
   127.0.0.1:8000``), with the same exception type and errno as before.
 * Every server takes a keyword-only ``dispatch`` strategy (see
   :mod:`reactor.dispatch`) used by ``serve_forever()``.
+* ``request_queue_size`` (the listen backlog of TCP and Unix stream servers)
+  defaults to ``socket.SOMAXCONN`` instead of 5: connections that arrive
+  while the loop is busy, or while a full ``ThreadPool`` has paused accepting,
+  wait in the kernel backlog, and 5 overflows with a few dozen concurrent
+  clients (``ab -c 50`` stalls on SYN retries). The kernel caps it at
+  ``net.core.somaxconn``. A subclass's or an instance's own value is used as is.
 * While ``serve_forever()`` runs (or a Reactor hosts the server), the
   listening socket is non-blocking; its mode is restored afterwards.
 * Requests are taken in batches until the kernel has none left, so each
@@ -56,7 +62,7 @@ import socket
 import socketserver as _std
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._platform import HAS_FORK, HAS_RECVMSG_TRUNC, HAS_UNIX_SOCKETS, pidfd_available
@@ -73,45 +79,101 @@ StreamRequestHandler = _std.StreamRequestHandler
 DatagramRequestHandler = _std.DatagramRequestHandler
 
 
+class _ThreadList(Protocol):
+    """What ``ThreadingMixIn._threads`` is: the stdlib's ``_NoThreads`` or a ``_Threads``."""
+
+    def append(self, thread: threading.Thread) -> None: ...
+
+    def join(self) -> None: ...
+
+
+class _Threads(list[threading.Thread]):
+    """The running non-daemon request threads of one server (its ``_threads``).
+
+    The stdlib's ``_Threads`` list, with the same methods (``append``,
+    ``pop_all``, ``join``, ``reap``), plus ``discard``: a request thread
+    removes itself as it ends, so the list holds only live threads.
+
+    Thread-safety: every method may be called from any thread.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def append(self, thread: threading.Thread) -> None:
+        """Remember ``thread`` unless it is a daemon thread."""
+        if thread.daemon:
+            return
+        with self._lock:
+            super().append(thread)
+
+    def discard(self, thread: threading.Thread) -> None:
+        """Forget ``thread`` if it is here."""
+        with self._lock:
+            if thread in self:
+                super().remove(thread)
+
+    def pop_all(self) -> list[threading.Thread]:
+        """Forget every thread and return them."""
+        with self._lock:
+            self[:], result = [], self[:]
+        return result
+
+    def join(self) -> None:
+        """Wait for every remembered thread to end."""
+        for thread in self.pop_all():
+            thread.join()
+
+    def reap(self) -> None:
+        """Forget the threads that have ended (kept for the stdlib's API)."""
+        with self._lock:
+            self[:] = [thread for thread in self if thread.is_alive()]
+
+
 class ThreadingMixIn(_std.ThreadingMixIn):
     """Mix-in class to handle each request in a new thread; the stdlib's, tidier.
 
     Class variables: ``daemon_threads`` (threads do not keep the process
     alive), ``block_on_close`` (``server_close()`` joins non-daemon threads).
 
+    As in the stdlib, with ``block_on_close`` the running non-daemon threads
+    are in the server's ``_threads`` list (``len(server._threads)`` works),
+    and ``server_close()`` joins them.
+
     What differs: a finished request thread is forgotten as it ends (the
     stdlib keeps it until the next request arrives), so an idle server
     holds no dead ``Thread`` objects.
     """
 
+    # The stdlib's class attribute is a shared ``_NoThreads()``; a server
+    # with ``block_on_close`` gets its own ``_Threads`` at its first request.
+    _threads: _ThreadList
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread that runs ``process_request_thread``."""
+        if self.block_on_close and "_threads" not in vars(self):
+            self._threads = _Threads()
         thread = threading.Thread(target=self.process_request_thread, args=(request, client_address))
         thread.daemon = self.daemon_threads
-        if self.block_on_close and not thread.daemon:
-            with _REQUEST_THREADS_LOCK:
-                self.__dict__.setdefault("_request_threads", set()).add(thread)
-        thread.start()
+        threads = self._threads
+        threads.append(thread)
+        try:
+            thread.start()
+        except BaseException:
+            # Never started: server_close() must not join it.
+            if isinstance(threads, _Threads):
+                threads.discard(thread)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Run the request, then forget this thread."""
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with _REQUEST_THREADS_LOCK:
-                self.__dict__.get("_request_threads", set()).discard(threading.current_thread())
-
-    def server_close(self) -> None:
-        """Close the server; with ``block_on_close``, wait for running request threads."""
-        super().server_close()
-        with _REQUEST_THREADS_LOCK:
-            running = list(self.__dict__.get("_request_threads", ()))
-        for thread in running:
-            thread.join()
-
-
-# One lock for every server's thread set: taken for a set operation only.
-_REQUEST_THREADS_LOCK = threading.Lock()
+            threads = vars(self).get("_threads")
+            if isinstance(threads, _Threads):
+                threads.discard(threading.current_thread())
 
 
 if HAS_FORK:
@@ -380,8 +442,13 @@ class TCPServer(BaseServer, _std.TCPServer):
     ``allow_reuse_address``, ``allow_reuse_port``.
 
     What differs: an IPv6 address selects ``AF_INET6`` by itself; bind errors
-    name the address; ``dispatch`` (keyword-only) picks where requests run.
+    name the address; ``request_queue_size`` defaults to ``socket.SOMAXCONN``
+    (the stdlib's is 5); ``dispatch`` (keyword-only) picks where requests run.
     """
+
+    #: The listen backlog: where a burst of connections waits for the loop.
+    #: The stdlib's 5 overflows with 50 concurrent clients (SYN retries stall them).
+    request_queue_size = socket.SOMAXCONN
 
     #: Permissions for a Unix socket file (Unix servers' ``mode`` keyword).
     socket_mode: int | None = None
