@@ -105,7 +105,7 @@ is FATAL here. Only the listener can settle such a case
 never sees the listener.
 
 Exceptions that are not ``OSError`` are not accept errors, and the classifier
-is not asked about them: the accept path (``_hosting``) catches ``OSError``
+is not asked about them: the accept path (``reactor.accept``) catches ``OSError``
 only, as ``socketserver``'s ``_handle_request_noblock`` does. One comes out of the same
 recipe: ``ValueError("do_handshake_on_connect should not be specified for
 non-blocking sockets")``, for every connection once
