@@ -43,7 +43,8 @@ Run it
     echo -n hello | nc -u -w1 127.0.0.1 8001
     echo stats | nc -U /tmp/admin.sock
 
-The master handles the Prefork signals (SIGHUP rolling restart, SIGTTIN /
+The master handles the Prefork signals (opted in with
+``Prefork(..., handle_signals=True)``: SIGHUP rolling restart, SIGTTIN /
 SIGTTOU one worker more / fewer, SIGTERM / SIGINT graceful stop: the workers
 finish their requests and exit, the socket file is removed, ``stopped`` is
 printed, exit status 0).
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         temp_dir = tempfile.mkdtemp(prefix="rx-mixed-", dir="/tmp")  # short: Unix paths max out near 108 bytes
         options.path = os.path.join(temp_dir, "admin.sock")
     counts = RequestCounts()  # its pipe must exist before the fork
-    prefork = Prefork(workers=options.workers)
+    prefork = Prefork(workers=options.workers, handle_signals=True)
     pool = ThreadPool(max_workers=4, name="udp-pool")
     status = 1
     try:

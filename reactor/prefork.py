@@ -111,11 +111,13 @@ class Prefork(Dispatch):
             does not finish booting in this time) is killed and replaced.
         graceful_timeout: on stop, reload or recycle, how long in-flight
             requests may take before the worker is killed.
-        handle_signals: on the master's Reactor (main thread only), SIGTERM
-            and SIGINT stop the reactor (closing it then stops the workers
-            gracefully), SIGHUP reloads every Prefork pool on it (new workers
-            first, then the old ones retire), SIGTTIN/SIGTTOU add or remove one
-            worker.
+        handle_signals: opt in to gunicorn-style signals on the master's
+            Reactor (main thread only): SIGTERM and SIGINT stop the reactor
+            (closing it then stops the workers gracefully), SIGHUP reloads
+            every Prefork pool on it (new workers first, then the old ones
+            retire), SIGTTIN/SIGTTOU add or remove one worker. Off by default:
+            signals belong to the application, which may install its own
+            handlers or call ``reload()``/``increase()``/``decrease()``.
         on_worker_start: called in each worker after fork, before it serves
             (open per-process resources here); if it raises, the worker
             fails to boot.
@@ -133,7 +135,7 @@ class Prefork(Dispatch):
         heartbeat_timeout: float = 30.0,
         graceful_timeout: float = 30.0,
         *,
-        handle_signals: bool = True,
+        handle_signals: bool = False,
         on_worker_start: Callable[[], object] | None = None,
     ) -> None:
         if workers < 1:
@@ -306,6 +308,7 @@ class _MasterSide:
         self.ready: set[int] = set()
         self.spawned = 0
         self.arbiter_pid: int | None = None
+        self.master_pid = os.getpid()
         self._channel: _LineChannel | None = None
         self._restore_mode: Callable[[], None] | None = None
         self._signals: list[int] = []
@@ -327,6 +330,7 @@ class _MasterSide:
                 "with its first request, a Reactor's thread when it is started)")
         self._restore_mode = make_nonblocking(self._server, self._server.fileno())
         ours, theirs = socket.socketpair()
+        self.master_pid = os.getpid()  # the arbiter may be re-parented: getppid() then says 1
         try:
             pid, signal_mask = _fork_with_signals_blocked()
         except OSError as exc:
@@ -546,6 +550,7 @@ class _Arbiter:
         self.name = master.name
         self.service_interval = master.service_interval
         self.handle_timeouts = master.handle_timeouts
+        self.master_pid = master.master_pid
         self.state = _ArbiterState(target=master.target)
         control.setblocking(False)
         self.channel = _LineChannel(control)
@@ -570,7 +575,7 @@ class _Arbiter:
         messages = self.channel.receive()
         if messages is None:
             if not self.state.stopping:
-                logger.warning("%s: master %d is gone; stopping the workers", self.name, os.getppid())
+                logger.warning("%s: master %d is gone; stopping the workers", self.name, self.master_pid)
             self.reactor.remove_reader(self.channel.sock)
             self._begin_stop()
             return

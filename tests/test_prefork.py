@@ -449,16 +449,24 @@ def test_a_worker_killed_with_sigkill_is_reaped_and_replaced(start: Callable[...
 
 def test_sigkill_of_the_master_takes_the_arbiter_and_the_workers_down(start: Callable[..., Tree]) -> None:
     tree = start(SERVER, "--workers", "2")
-    tree.ready()
+    _, master = tree.ready()
     stats = tree.stats()
     workers, arbiter = stats["pids"], stats["arbiter"]
-    tree.signal(signal.SIGKILL)
-    assert tree.wait(10) == -signal.SIGKILL
+    # Held stopped until it is re-parented, the arbiter reads the EOF only afterwards.
+    os.kill(arbiter, signal.SIGSTOP)
+    try:
+        tree.signal(signal.SIGKILL)
+        assert tree.wait(10) == -signal.SIGKILL
+        wait_for(lambda: parent_of(arbiter) != int(master), message="the arbiter was not re-parented")
+    finally:
+        os.kill(arbiter, signal.SIGCONT)
 
     wait_for(lambda: all(gone(pid) for pid in workers), timeout=10,
              message=lambda: f"workers left: { {pid: process_state(pid) for pid in workers} }")
     wait_for(lambda: exited(arbiter), timeout=10, message=f"the arbiter {arbiter} is still running")
     tree.lines.wait_eof(10)
+    # Re-parented by then, the arbiter names the master it was forked by, not its new parent.
+    assert f"master {master} is gone; stopping the workers" in tree.stderr()
 
 
 def test_an_arbiter_killed_with_sigkill_stops_its_workers_and_fails_serve_forever(
@@ -861,3 +869,37 @@ def test_mixed_reactor_respawns_a_prefork_worker_after_the_thread_pool_started(
     assert json.loads(tree.expect("socket-file")) is False
     assert not os.path.exists(admin_path)
     assert "multi-threaded" not in tree.stderr()  # every later fork came from the single-threaded arbiter
+
+
+def test_a_prefork_server_leaves_the_masters_signal_handlers_alone_unless_asked() -> None:
+    result = run_python(
+        """
+        import json, signal
+        from reactor import Prefork, Reactor, socketserver
+
+        def mine(signum, frame):
+            pass
+
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, mine)
+        before = {int(s): repr(signal.getsignal(s)) for s in watched}
+        report = {}
+        for opt_in in (False, True):
+            server = socketserver.TCPServer(("127.0.0.1", 0), socketserver.StreamRequestHandler)
+            reactor = Reactor()
+            reactor.add_server(server, Prefork(1, graceful_timeout=5, handle_signals=opt_in) if opt_in
+                               else Prefork(1, graceful_timeout=5))
+            report[str(opt_in)] = sorted(int(s) for s in watched if repr(signal.getsignal(s)) != before[int(s)])
+            reactor.close()
+        report["after"] = sorted(int(s) for s in watched if repr(signal.getsignal(s)) != before[int(s)])
+        print(json.dumps(report))
+        """,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["False"] == [], "a Prefork server took signals it was not asked to"
+    assert report["True"] == sorted(int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                                     signal.SIGTTIN, signal.SIGTTOU))
+    assert report["after"] == []

@@ -56,7 +56,7 @@ def main() -> int:
 
     prefork = Prefork(args.workers, args.threads, args.max_requests, args.max_requests_jitter,
                       args.heartbeat_timeout, args.graceful_timeout,
-                      on_worker_start=fail_boot if args.fail_boot else None)
+                      on_worker_start=fail_boot if args.fail_boot else None, handle_signals=True)
     reactor = Reactor()
     reactor.add_server(server, prefork)
 
