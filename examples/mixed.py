@@ -85,8 +85,10 @@ class RequestCounts:
     """Requests served per server, as seen by the master.
 
     The prefork workers are other processes: each request they serve writes
-    one byte into ``pipe``'s write end (inherited across the fork); the
-    master reads the bytes in its loop. Create it before the fork.
+    one byte into ``pipe``'s write end (inherited across the fork: passed
+    in ``Prefork(keep_fds=...)``, since a child closes every descriptor it
+    is not asked to keep); the master reads the bytes in its loop. Create it
+    before the fork.
     """
 
     def __init__(self) -> None:
@@ -350,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         temp_dir = tempfile.mkdtemp(prefix="rx-mixed-", dir="/tmp")  # short: Unix paths max out near 108 bytes
         options.path = os.path.join(temp_dir, "admin.sock")
     counts = RequestCounts()  # its pipe must exist before the fork
-    prefork = Prefork(workers=options.workers, handle_signals=True)
+    # A child keeps only what it needs: the workers' end of the counting pipe is asked for.
+    prefork = Prefork(workers=options.workers, handle_signals=True, keep_fds=[counts.write_fd])
     pool = ThreadPool(max_workers=4, name="udp-pool")
     status = 1
     try:

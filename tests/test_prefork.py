@@ -469,12 +469,18 @@ def test_sigkill_of_the_master_takes_the_arbiter_and_the_workers_down(start: Cal
     assert f"master {master} is gone; stopping the workers" in tree.stderr()
 
 
-def test_an_arbiter_killed_with_sigkill_stops_its_workers_and_fails_serve_forever(
+def test_an_arbiter_lost_with_its_standby_stops_its_workers_and_fails_serve_forever(
         start: Callable[..., Tree]) -> None:
     tree = start(SERVER, "--workers", "2")
     tree.ready()
     stats = tree.stats()
-    os.kill(stats["arbiter"], signal.SIGKILL)
+    arbiter = stats["arbiter"]
+    (standby,) = children_of(arbiter) - set(stats["pids"])
+    tree.learn(standby)
+    os.kill(arbiter, signal.SIGSTOP)  # it cannot replace its standby...
+    os.kill(standby, signal.SIGKILL)
+    wait_for(lambda: exited(standby), message="the standby did not die")
+    os.kill(arbiter, signal.SIGKILL)  # ... nor be replaced by it
     report = json.loads(tree.expect("error"))
     assert report["type"] == "PreforkError" and "arbiter exited unexpectedly" in report["error"]
     assert tree.wait(20) == 2
@@ -485,7 +491,7 @@ def test_an_arbiter_killed_with_sigkill_stops_its_workers_and_fails_serve_foreve
     tree.lines.wait_eof(10)
     log = tree.stderr()
     assert "lost its arbiter; stopping" in log
-    assert f"the arbiter {stats['arbiter']} exited unexpectedly (killed by SIGKILL)" in log, log
+    assert f"the arbiter {arbiter} exited unexpectedly (killed by SIGKILL) and no standby took over" in log, log
 
 
 # ---------------------------------------------------------------- graceful stop
@@ -903,3 +909,235 @@ def test_a_prefork_server_leaves_the_masters_signal_handlers_alone_unless_asked(
     assert report["True"] == sorted(int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                                      signal.SIGTTIN, signal.SIGTTOU))
     assert report["after"] == []
+
+
+# ---------------------------------------------------------------- isolation between servers
+
+SHARED = SCRIPTS / "shared_server.py"
+
+
+def start_shared(start: Callable[..., Tree], unix_dir: str, *args: str) -> tuple[Tree, dict[str, Any]]:
+    """The shared_server.py script: two Prefork pools, a ThreadPool and an Inline server on one Reactor."""
+    tree = start(SHARED, unix_dir, *args)
+    info: dict[str, Any] = json.loads(tree.expect("ready", timeout=20))
+    shared_stats(tree)
+    return tree, info
+
+
+def shared_stats(tree: Tree) -> dict[str, Any]:
+    """Both pools' ``Prefork.stats()``; learns every pid (standbys too) for the cleanup."""
+    assert tree.proc.stdin is not None
+    tree.proc.stdin.write("stats\n")
+    tree.proc.stdin.flush()
+    stats: dict[str, Any] = json.loads(tree.expect("stats"))
+    for pool in stats.values():
+        tree.learn(*pool["pids"], pool["arbiter"] or 0)
+        if pool["arbiter"]:
+            tree.learn(*children_of(pool["arbiter"]))
+    return stats
+
+
+def tell(tree: Tree, line: str) -> None:
+    assert tree.proc.stdin is not None
+    tree.proc.stdin.write(line + "\n")
+    tree.proc.stdin.flush()
+
+
+def children_of(pid: int) -> set[int]:
+    pids: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                pids.update(int(p) for p in fh.read().split())
+    except OSError:
+        pass
+    return pids
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    targets = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            targets[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+    return targets
+
+
+def kinds(targets: dict[int, str]) -> dict[str, list[str]]:
+    """Descriptors above stdio, grouped: socket, pipe, eventpoll, file, other."""
+    grouped: dict[str, list[str]] = collections.defaultdict(list)
+    for fd, target in targets.items():
+        if fd <= 2:
+            continue
+        if target.startswith("socket:"):
+            grouped["socket"].append(target)
+        elif target.startswith("pipe:"):
+            grouped["pipe"].append(target)
+        elif target == "anon_inode:[eventpoll]":
+            grouped["eventpoll"].append(target)
+        elif target.startswith("/"):
+            grouped["file"].append(target)
+        else:
+            grouped["other"].append(target)
+    return grouped
+
+
+def test_each_child_holds_only_its_own_listener_pipes_and_the_files_it_was_asked_to_keep(
+        start: Callable[..., Tree], unix_dir: str) -> None:
+    tree, info = start_shared(start, unix_dir)
+    master = fd_targets(info["master"])
+    master_sockets = {target for target in master.values() if target.startswith("socket:")}
+    stats = shared_stats(tree)
+    checked = []
+    for name, pool in stats.items():
+        arbiter, workers = pool["arbiter"], set(pool["pids"])
+        standbys = children_of(arbiter) - workers
+        listener = info["inodes"][name]
+        files = sorted([info["log"], info["kept"]] if name == "a" else [info["log"]])
+        arbiter_fds = fd_targets(arbiter)
+        arbiter_pipes = set(kinds(arbiter_fds)["pipe"])
+        control = [t for t in kinds(arbiter_fds)["socket"] if t not in master_sockets]
+        roles = [("arbiter", arbiter, 1, 4, 2 + len(workers) + len(standbys))]
+        roles += [("worker", pid, 1, 3, 2) for pid in workers]
+        roles += [("standby", pid, 0, 2, 1) for pid in standbys]
+        for role, pid, epolls, sockets, pipes in roles:
+            fds = fd_targets(pid)
+            grouped = kinds(fds)
+            where = f"{name} {role} {pid}: {fds}"
+            assert [fds.get(fd) for fd in (0, 1, 2)] == [master.get(fd) for fd in (0, 1, 2)], where
+            assert set(grouped["socket"]) & master_sockets == {listener}, where
+            assert grouped["socket"].count(listener) == 1, where
+            assert len(grouped["socket"]) == sockets, where
+            assert len(grouped["eventpoll"]) == epolls, where
+            assert len(grouped["pipe"]) == pipes and set(grouped["pipe"]) <= arbiter_pipes, where
+            assert sorted(grouped["file"]) == files, where
+            assert grouped["other"] == [], where
+            if role == "standby":
+                assert set(grouped["socket"]) - {listener} <= set(control), where
+            checked.append(role)
+    assert checked.count("worker") == 4 and checked.count("arbiter") == 2
+    stop_cleanly(tree)
+    assert "arbiter" in Path(info["log"]).read_text(), "file logging does not work in the children"
+
+
+def test_a_port_closed_in_the_master_is_free_at_once(start: Callable[..., Tree], unix_dir: str) -> None:
+    tree, info = start_shared(start, unix_dir)
+    assert ask_pid(("127.0.0.1", info["pooled"])) == info["master"]
+    tell(tree, "close-pooled")
+    tree.expect("closed-pooled")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", info["pooled"]))  # EADDRINUSE if a child still listens on it
+    with pytest.raises(ConnectionRefusedError):
+        ask_pid(("127.0.0.1", info["pooled"]))
+    stop_cleanly(tree)
+
+
+def test_sigkill_of_the_master_ends_every_pool_within_seconds_even_with_a_request_in_flight(
+        start: Callable[..., Tree], unix_dir: str) -> None:
+    tree, info = start_shared(start, unix_dir, "--graceful-timeout", "30")
+    slow = SlowRequest(("127.0.0.1", info["a"]))
+    try:
+        stats = shared_stats(tree)
+        everyone = set(tree.learned)
+        assert slow.pid in everyone and len(everyone) >= 6  # 2 arbiters, 4 workers (and the standbys)
+        tree.signal(signal.SIGKILL)
+        assert tree.wait(10) == -signal.SIGKILL
+        wait_for(lambda: all(exited(pid) for pid in everyone), timeout=5,
+                 message=lambda: f"left: { {pid: process_state(pid) for pid in everyone if not exited(pid)} }")
+        assert not_served(slow.sock)
+    finally:
+        slow.close()
+    tree.lines.wait_eof(10)
+    log = Path(info["log"]).read_text()
+    assert log.count(f"master {info['master']} is gone") == len(stats), log
+
+
+# ---------------------------------------------------------------- a lost arbiter, crash loops
+
+def test_a_killed_arbiter_is_replaced_while_the_other_servers_keep_answering(
+        start: Callable[..., Tree], unix_dir: str) -> None:
+    tree, info = start_shared(start, unix_dir)
+    before = shared_stats(tree)
+    victim, old_workers = before["a"]["arbiter"], set(before["a"]["pids"])
+    answered: list[int] = []
+    failures: list[str] = []
+    enough = threading.Event()
+
+    def load() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(5)
+            for _ in range(100000):  # bounded even if the test never sets `enough`
+                if enough.is_set():
+                    return
+                try:
+                    assert ask_pid(("127.0.0.1", info["pooled"])) == info["master"]
+                    udp.sendto(b"pid", ("127.0.0.1", info["udp"]))
+                    assert int(udp.recvfrom(1024)[0].split()[0]) == info["master"]
+                except (OSError, AssertionError, ValueError) as exc:
+                    failures.append(repr(exc))
+                    return
+                answered.append(1)
+
+    client = threading.Thread(target=load, name="other-servers-load")
+    client.start()
+    try:
+        wait_for(lambda: len(answered) >= 20 or failures, timeout=15, message="the other servers do not answer")
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> dict[str, Any]:
+            stats = shared_stats(tree)
+            pool = stats["a"]
+            ok = (pool["arbiter"] not in (None, victim) and len(pool["ready"]) == 2
+                  and not set(pool["pids"]) & old_workers)
+            return stats if ok else {}
+
+        after = wait_for(replaced, timeout=10, interval=0.02, message="the killed arbiter was not replaced")
+        wait_for(lambda: gone(victim), message=f"the dead arbiter {victim} was not reaped")
+        wait_for(lambda: all(exited(pid) for pid in old_workers), message="the dead arbiter's workers still run")
+        assert pids_of_every_worker(("127.0.0.1", info["a"]), 2) == set(after["a"]["ready"])
+        mark = len(answered)
+        wait_for(lambda: len(answered) >= mark + 20 or failures, timeout=15, message="no answers after")
+    finally:
+        enough.set()
+        client.join(30)
+    assert not client.is_alive()
+    assert failures == []
+    assert after["b"]["arbiter"] == before["b"]["arbiter"] and after["b"]["pids"] == before["b"]["pids"]
+    stopping = time.monotonic()
+    stop_cleanly(tree)
+    assert time.monotonic() - stopping < 15, "the new arbiter's workers did not stop at once (graceful_timeout is 30 s)"
+    log = tree.stderr()
+    assert re.search(rf"arbiter {victim} died \(killed by SIGKILL\); arbiter {after['a']['arbiter']} took over",
+                     log), log
+
+
+def test_arbiters_that_die_right_after_booting_are_replaced_with_growing_delays(
+        start: Callable[..., Tree]) -> None:
+    tree = start(SERVER, "--workers", "1")
+    port, _ = tree.ready()
+    arbiter = tree.stats()["arbiter"]
+    waited = []
+    for _ in range(3):
+        os.kill(arbiter, signal.SIGKILL)
+        killed = time.monotonic()
+        stats = tree.wait_stats(lambda s: s["arbiter"] not in (None, arbiter) and len(s["ready"]) == 1,
+                                "the arbiter was not replaced", timeout=15)
+        waited.append(time.monotonic() - killed)
+        arbiter = stats["arbiter"]
+    assert ask_pid(("127.0.0.1", int(port))) == stats["ready"][0]
+    stop_cleanly(tree)
+    delays = [float(d) for d in re.findall(r"took over from arbiter \d+ .*; starting workers in ([\d.]+)s",
+                                           tree.stderr())]
+    assert len(delays) == 3 and 0 < delays[0] < delays[1] < delays[2], tree.stderr()
+    assert all(took >= delay for took, delay in zip(waited, delays)), (waited, delays)
+
+
+def test_workers_that_crash_right_after_starting_are_respawned_with_growing_delays(
+        start: Callable[..., Tree]) -> None:
+    tree = start(SERVER, "--workers", "1", "--crash-after-start")
+    started = [float(tree.expect("worker-started").split()[1]) for _ in range(5)]
+    gaps = [later - earlier for earlier, later in zip(started, started[1:])]
+    assert gaps[0] >= 0.09, gaps  # the first fast crash waits _CRASH_BACKOFF_MIN (0.1 s)
+    assert all(later > 1.5 * earlier for earlier, later in zip(gaps, gaps[1:])), gaps
+    stop_cleanly(tree)
