@@ -6,9 +6,9 @@ What it shows
 * ``reactor.add_server(server, dispatch=Prefork(workers=2, max_requests=0))``
   binds nothing new: the server's socket is bound in this process (the
   *master*) before any fork. Adding the server forks a single-threaded
-  *arbiter*, which forks the *workers*; each worker runs its own Reactor and
-  accepts straight from the inherited socket. The master never touches a
-  request. So add Prefork servers before starting any thread (``--once``
+  *arbiter*, which forks the *workers* (and a *standby*, ready to replace
+  the arbiter should it die); each worker runs its own Reactor and accepts
+  straight from the inherited socket. The master never touches a request. So add Prefork servers before starting any thread (``--once``
   starts its client thread afterwards).
 * The handler answers with ``os.getpid()``: every answer names the worker
   process that served it, never the master.

@@ -1,9 +1,10 @@
-"""Prefork: pre-forked worker processes supervised by an arbiter (reactor/prefork.py).
+"""Prefork: pre-forked worker processes supervised by an arbiter (reactor/prefork/).
 
 Every test runs the server in a FRESH interpreter (the scripts in
 tests/prefork_scripts/), never by forking pytest. The tree is::
 
     master (our child: the script) -> arbiter -> workers
+                                              -> standby (takes over if the arbiter dies)
 
 The scripts print machine-readable lines on stdout (``ready <address>
 <master pid>``, ``stats <json>`` in answer to a ``stats`` line on stdin...),
