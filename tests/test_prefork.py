@@ -1142,3 +1142,69 @@ def test_workers_that_crash_right_after_starting_are_respawned_with_growing_dela
     assert gaps[0] >= 0.09, gaps  # the first fast crash waits _CRASH_BACKOFF_MIN (0.1 s)
     assert all(later > 1.5 * earlier for earlier, later in zip(gaps, gaps[1:])), gaps
     stop_cleanly(tree)
+
+
+def test_an_arbiter_that_dies_before_its_workers_are_ready_is_a_boot_failure(
+        start: Callable[..., Tree], unix_dir: str) -> None:
+    gate_path = os.path.join(unix_dir, "gate.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gate:
+        gate.settimeout(15)
+        gate.bind(gate_path)
+        gate.listen(4)
+        tree = start(SERVER, "--workers", "2", "--boot-gate", gate_path)
+        waiting = [gate.accept()[0] for _ in range(2)]  # both workers are booting, none is ready
+        try:
+            (arbiter,) = children_of(tree.proc.pid)
+            tree.learn(arbiter, *children_of(arbiter))
+            os.kill(arbiter, signal.SIGKILL)
+            report = json.loads(tree.expect("error", timeout=20))
+        finally:
+            for conn in waiting:
+                conn.close()  # the workers' on_worker_start fails: they exit
+    assert report["type"] == "WorkerBootError", report
+    assert f"arbiter {arbiter} died before its first workers were ready; not replacing it" in report["error"]
+    assert tree.wait(20) == 2
+    assert report["stats"]["arbiter"] in (None, arbiter)  # nobody took over
+    tree.lines.wait_eof(10)
+
+
+def test_a_dead_standby_is_replaced_and_the_new_one_takes_over_later(start: Callable[..., Tree]) -> None:
+    tree = start(SERVER, "--workers", "1")
+    port, _ = tree.ready()
+    stats = tree.stats()
+    arbiter = stats["arbiter"]
+
+    def standbys() -> set[int]:
+        return children_of(arbiter) - set(tree.stats()["pids"])
+
+    (first,) = standbys()
+    os.kill(first, signal.SIGKILL)
+    (second,) = wait_for(lambda: (found := standbys()) and first not in found and found,
+                         message="the arbiter forked no new standby")
+    tree.learn(first, second)
+    wait_for(lambda: gone(first), message=f"the dead standby {first} was not reaped")
+    os.kill(arbiter, signal.SIGKILL)
+    after = tree.wait_stats(lambda s: s["arbiter"] == second and len(s["ready"]) == 1,
+                            "the new standby did not take over")
+    assert ask_pid(("127.0.0.1", int(port))) == after["ready"][0]
+    stop_cleanly(tree)
+    log = tree.stderr()
+    assert f"standby {first} exited (killed by SIGKILL); forking a new one" in log
+    assert f"arbiter {second} took over from arbiter {arbiter}" in log
+
+
+def test_the_control_channel_skips_a_line_a_dead_sender_left_half_written() -> None:
+    from reactor.prefork._messages import Command, LineChannel, command
+
+    left, right = socket.socketpair()
+    with left, right:
+        right.settimeout(5)
+        sender, receiver = LineChannel(left), LineChannel(right)
+        left.sendall(b'{"event": "spaw')  # the dead arbiter's last words
+        assert receiver.receive() == []
+        assert sender.send(command(Command.TARGET, workers=3), resync=True)
+        assert receiver.receive() == [{"cmd": "target", "workers": 3}]
+        left.sendall(b"[1, 2]\nnot json\n")
+        assert receiver.receive() == []
+        left.close()
+        assert receiver.receive() is None

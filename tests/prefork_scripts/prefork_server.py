@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -48,6 +49,8 @@ def main() -> int:
     parser.add_argument("--heartbeat-timeout", type=float, default=30.0)
     parser.add_argument("--graceful-timeout", type=float, default=30.0)
     parser.add_argument("--fail-boot", action="store_true", help="on_worker_start raises")
+    parser.add_argument("--boot-gate", help="on_worker_start connects to this Unix socket path and waits for a "
+                                            "byte there (EOF: it raises)")
     parser.add_argument("--crash-after-start", action="store_true",
                         help="each worker prints worker-started <pid> <monotonic time>, then exits 1 in its first tick")
     args = parser.parse_args()
@@ -66,9 +69,17 @@ def main() -> int:
     def fail_boot() -> None:
         raise RuntimeError("boom: the worker cannot open its resources")
 
+    def wait_at_the_gate() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gate:
+            gate.settimeout(30)
+            gate.connect(args.boot_gate)
+            if not gate.recv(1):
+                raise RuntimeError("the boot gate closed")
+
+    on_worker_start = fail_boot if args.fail_boot else wait_at_the_gate if args.boot_gate else None
     prefork = Prefork(args.workers, args.threads, args.max_requests, args.max_requests_jitter,
                       args.heartbeat_timeout, args.graceful_timeout,
-                      on_worker_start=fail_boot if args.fail_boot else None, handle_signals=True)
+                      on_worker_start=on_worker_start, handle_signals=True)
     reactor = Reactor()
     reactor.add_server(server, prefork)
 
