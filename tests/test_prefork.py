@@ -1208,3 +1208,21 @@ def test_the_control_channel_skips_a_line_a_dead_sender_left_half_written() -> N
         assert receiver.receive() == []
         left.close()
         assert receiver.receive() is None
+
+
+def test_master_and_arbiter_killed_together_leave_no_process(start: Callable[..., Tree]) -> None:
+    tree = start(SERVER, "--workers", "2")
+    tree.ready()
+    stats = tree.stats()
+    arbiter = stats["arbiter"]
+    (standby,) = children_of(arbiter) - set(stats["pids"])
+    everyone = {arbiter, standby, *stats["pids"]}
+    tree.learn(*everyone)
+    os.kill(arbiter, signal.SIGSTOP)  # so that it dies after the master, not before
+    tree.signal(signal.SIGKILL)
+    assert tree.wait(10) == -signal.SIGKILL
+    os.kill(arbiter, signal.SIGKILL)
+    wait_for(lambda: all(exited(pid) for pid in everyone), timeout=5,
+             message=lambda: f"left: { {pid: process_state(pid) for pid in everyone if not exited(pid)} }")
+    tree.lines.wait_eof(10)
+    assert "took over" not in tree.stderr()

@@ -75,8 +75,10 @@ Rules
 8. Death propagates down: the arbiter and its standby see EOF on the control
    socket when the master dies (even by SIGKILL); the arbiter then SIGTERMs
    the workers and SIGKILLs what is left after the orphan grace,
-   ``min(graceful_timeout, 2 s)``, and exits, which ends the standby. Workers
-   see EOF on the arbiter's death pipe and stop by themselves.
+   ``min(graceful_timeout, 2 s)``, and exits, which ends the standby (a
+   standby whose arbiter died with the master finds the control socket at
+   EOF and exits instead of taking over). Workers see EOF on the arbiter's
+   death pipe and stop by themselves.
 9. Liveness: each worker's loop writes a heartbeat byte to its own pipe. A
    worker silent for ``heartbeat_timeout`` (a handler stuck in the loop
    thread) gets SIGABRT, which makes ``faulthandler`` log every thread's

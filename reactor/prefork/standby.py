@@ -6,12 +6,15 @@ the control socket (the same descriptor, inherited), a pipe from the arbiter
 and stdio, and blocks reading that pipe:
 
 * ``BOOTED``: the arbiter's first workers are ready (the time is noted);
-* ``DONE``: the arbiter exits cleanly; so does the standby;
-* EOF without ``DONE``: the arbiter died. If it never booted, that counts as a
-  boot failure: the standby reports it to the master and exits, which ends
-  the pool. Otherwise the standby becomes the new arbiter on the same control
-  socket (the master sees no EOF), after a back-off delay if the dead one
-  lived less than ``FAST_CRASH`` after booting.
+* ``DONE``: the arbiter exits cleanly (also when its master died: it stops
+  its workers first); so does the standby;
+* EOF without ``DONE``: the arbiter died. If the control socket is at EOF
+  too, the master is gone as well, and the standby just exits. If the
+  arbiter never booted, that counts as a boot failure: the standby reports
+  it to the master and exits, which ends the pool. Otherwise the standby
+  becomes the new arbiter on the same control socket (the master sees no
+  EOF), after a back-off delay if the dead one lived less than
+  ``FAST_CRASH`` after booting.
 
 The dead arbiter's workers stop by themselves (their death pipe reaches EOF).
 """
@@ -110,6 +113,9 @@ def _wait_for_the_arbiter(plan: Plan, control: socket.socket, arbiter: int, pipe
             os.kill(arbiter, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if _master_gone(control):
+        logger.info("%s: arbiter %d and its master are gone; the standby exits", plan.name, arbiter)
+        return None
     if booted_at is None:
         reason = f"arbiter {arbiter} died before its first workers were ready; not replacing it"
         logger.error("%s: %s", plan.name, reason)
@@ -117,3 +123,13 @@ def _wait_for_the_arbiter(plan: Plan, control: socket.socket, arbiter: int, pipe
         return None
     lived = time.monotonic() - booted_at
     return Takeover(arbiter, lived, next_backoff(backoff) if lived < FAST_CRASH else 0.0)
+
+
+def _master_gone(control: socket.socket) -> bool:
+    """True if the control socket is at EOF: the master died too, nobody is left to serve."""
+    try:
+        return control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing to read: the master is there
+    except OSError:
+        return True
