@@ -22,7 +22,7 @@ import logging
 import socket
 from typing import Any
 
-__all__ = ["BOOTED", "Command", "DONE", "Event", "HEARTBEAT", "LineChannel", "READY", "command", "event"]
+__all__ = ["BOOTED", "Command", "DONE", "Event", "HEARTBEAT", "LineChannel", "READY", "command", "event", "parse"]
 
 logger = logging.getLogger(__name__)
 
