@@ -43,7 +43,8 @@ Run it
     echo -n hello | nc -u -w1 127.0.0.1 8001
     echo stats | nc -U /tmp/admin.sock
 
-The master handles the Prefork signals (SIGHUP rolling restart, SIGTTIN /
+The master handles the Prefork signals (opted in with
+``Prefork(..., handle_signals=True)``: SIGHUP rolling restart, SIGTTIN /
 SIGTTOU one worker more / fewer, SIGTERM / SIGINT graceful stop: the workers
 finish their requests and exit, the socket file is removed, ``stopped`` is
 printed, exit status 0).
@@ -84,8 +85,10 @@ class RequestCounts:
     """Requests served per server, as seen by the master.
 
     The prefork workers are other processes: each request they serve writes
-    one byte into ``pipe``'s write end (inherited across the fork); the
-    master reads the bytes in its loop. Create it before the fork.
+    one byte into ``pipe``'s write end (inherited across the fork: passed
+    in ``Prefork(keep_fds=...)``, since a child closes every descriptor it
+    is not asked to keep); the master reads the bytes in its loop. Create it
+    before the fork.
     """
 
     def __init__(self) -> None:
@@ -349,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         temp_dir = tempfile.mkdtemp(prefix="rx-mixed-", dir="/tmp")  # short: Unix paths max out near 108 bytes
         options.path = os.path.join(temp_dir, "admin.sock")
     counts = RequestCounts()  # its pipe must exist before the fork
-    prefork = Prefork(workers=options.workers)
+    # A child keeps only what it needs: the workers' end of the counting pipe is asked for.
+    prefork = Prefork(workers=options.workers, handle_signals=True, keep_fds=[counts.write_fd])
     pool = ThreadPool(max_workers=4, name="udp-pool")
     status = 1
     try:

@@ -6,9 +6,9 @@ What it shows
 * ``reactor.add_server(server, dispatch=Prefork(workers=2, max_requests=0))``
   binds nothing new: the server's socket is bound in this process (the
   *master*) before any fork. Adding the server forks a single-threaded
-  *arbiter*, which forks the *workers*; each worker runs its own Reactor and
-  accepts straight from the inherited socket. The master never touches a
-  request. So add Prefork servers before starting any thread (``--once``
+  *arbiter*, which forks the *workers* (and a *standby*, ready to replace
+  the arbiter should it die); each worker runs its own Reactor and accepts
+  straight from the inherited socket. The master never touches a request. So add Prefork servers before starting any thread (``--once``
   starts its client thread afterwards).
 * The handler answers with ``os.getpid()``: every answer names the worker
   process that served it, never the master.
@@ -17,8 +17,9 @@ What it shows
 * ``--max-requests N`` recycles a worker after N requests: it finishes the
   request, exits, and the arbiter starts a fresh one (new pid).
 
-Signals (sent to the master; the Prefork strategy installs these handlers on
-the master's Reactor by itself, when the server is added from the main thread):
+Signals (sent to the master; ``Prefork(..., handle_signals=True)`` installs
+these handlers on the master's Reactor, when the server is added from the main
+thread; without that opt-in a Prefork server leaves signals alone):
 
 * ``SIGHUP``: rolling restart. A new set of workers starts; each old worker
   retires gracefully as a new one is ready, so the socket never goes unserved.
@@ -224,7 +225,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
-    prefork = Prefork(workers=options.workers, max_requests=options.max_requests)
+    prefork = Prefork(workers=options.workers, max_requests=options.max_requests, handle_signals=True)
     server: socketserver.TCPServer
     if options.path:
         server = socketserver.UnixStreamServer(options.path, PidHandler)

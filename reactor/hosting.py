@@ -199,13 +199,18 @@ class Reactor(EventLoop):
             server.shutdown = override
             self._shutdown_overrides[key] = override
 
-    def remove_server(self, server: Any) -> None:
+    def remove_server(self, server: Any, *, on_removed: Callable[[], object] | None = None) -> None:
         """Stop hosting ``server`` and hand it back unclosed, its socket mode restored.
 
         Outside the loop, its requests in flight are drained first (see the
         module docstring: ``stop()`` meanwhile aborts them). From inside the
         loop, it takes no more requests from this moment and finishes leaving
-        in the background.
+        in the background, so the other servers never wait for it.
+
+        Args:
+            on_removed: called once the server has left (at once when nothing
+                was in flight); e.g. to ``server_close()`` it, which frees its
+                address only when no request of it is open any more.
 
         Raises:
             KeyError: the server is not hosted here.
@@ -215,9 +220,11 @@ class Reactor(EventLoop):
             raise KeyError(f"{describe_server(server)} is not hosted by this reactor")
         self._restore_shutdown(server)
         if self.in_loop():
-            self._leave_in_background(attachment)
+            self._leave_in_background(attachment, on_removed)
         else:
             self._leave([attachment])
+            if on_removed is not None:
+                on_removed()
 
     def shutdown_server(self, server: Any) -> None:
         """Stop serving ``server`` from any thread, as ``shutdown()`` stops ``serve_forever()``.
@@ -369,10 +376,14 @@ class Reactor(EventLoop):
                     departure.attachment.abort()
             for departure in departures:
                 departure.attachment.detach()
+            for departure in departures:
+                if departure.on_removed is not None:
+                    departure.on_removed()
 
-    def _leave_in_background(self, attachment: Attachment) -> None:
+    def _leave_in_background(self, attachment: Attachment, on_removed: Callable[[], object] | None) -> None:
         key = id(attachment.server)
         departure = self._begin_departure(attachment)
+        departure.on_removed = on_removed
         self._leaving[key] = departure
 
         def finish() -> None:
@@ -380,9 +391,13 @@ class Reactor(EventLoop):
                 return  # close() took it over
             if departure.timer is not None:
                 departure.timer.cancel()
-            if not departure.drained:
-                attachment.abort()
-            attachment.detach()
+            try:
+                if not departure.drained:
+                    attachment.abort()
+                attachment.detach()
+            finally:
+                if on_removed is not None:
+                    on_removed()
 
         if departure.drained:
             finish()
@@ -405,6 +420,8 @@ class _Departure:
         self.deadline = 0.0
         self.then: Callable[[], None] | None = None
         self.timer: TimerHandle | None = None
+        #: What remove_server() was asked to call once the server has left.
+        self.on_removed: Callable[[], object] | None = None
 
     def set_drained(self) -> None:
         self.drained = True

@@ -341,8 +341,10 @@ def start_prefork(serve: Callable[..., Serving], *args: str) -> tuple[Serving, A
     master, workers = int(started.group(1)), pids(started.group(2))
     arbiters = children_of(master)
     assert len(arbiters) == 1, arbiters
-    assert children_of(arbiters.pop()) == set(workers)  # the printed pids are the arbiter's children
-    serving.learned.update(children_of(master), workers)
+    arbiter = arbiters.pop()
+    standbys = children_of(arbiter) - set(workers)
+    assert len(standbys) == 1, (workers, standbys)  # the arbiter's children: the printed pids and its standby
+    serving.learned.update(children_of(master), workers, standbys)
     return serving, address, master, workers
 
 

@@ -16,6 +16,7 @@ import functools
 import json
 import socketserver as std_socketserver
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +26,19 @@ from support import REPO_ROOT, run_python
 PACKAGE = "reactor"
 PACKAGE_DIR = REPO_ROOT / PACKAGE
 
-#: Short module names ("loop", "_timers", ...); the package itself is "__init__".
-MODULES = sorted(path.stem for path in PACKAGE_DIR.glob("*.py"))
+#: Short module names ("loop", "_timers", ...); the package itself is "__init__". A
+#: subpackage is named by its directory ("prefork", for prefork/__init__.py) and its
+#: modules by a dotted name ("prefork.master").
+SUBPACKAGES = sorted(path.parent.name for path in PACKAGE_DIR.glob("*/__init__.py"))
+MODULES = sorted([path.stem for path in PACKAGE_DIR.glob("*.py")] + SUBPACKAGES + [
+    f"{sub}.{path.stem}" for sub in SUBPACKAGES for path in (PACKAGE_DIR / sub).glob("*.py")
+    if path.stem != "__init__"])
 
 #: The pure bottom layer: imports nothing from reactor at all.
 LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit")
 
-#: Layers, bottom first: a module may import only from layers below its own.
+#: Layers, bottom first: a module may import only from layers below its own (a
+#: subpackage's modules share its layer, and may import each other).
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     LEAF_MODULES,
     ("binding", "loop"),
@@ -43,7 +50,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     ("__init__",),
 ))
 
-#: Modules that may not be imported by a given module, directly or through others.
+#: Modules that may not be imported by a given module, directly or through others
+#: (a name covers a subpackage's modules too).
 FORBIDDEN = {
     "loop": {"accept", "hosting", "binding", "socketserver", "dispatch", "prefork"},
     "binding": {"loop", "accept", "hosting", "socketserver", "dispatch", "prefork"},
@@ -54,29 +62,55 @@ FORBIDDEN = {
 
 # ---------------------------------------------------------------- import analysis
 
+def _path_of(module: str) -> Path:
+    if module in SUBPACKAGES:
+        return PACKAGE_DIR / module / "__init__.py"
+    return PACKAGE_DIR / (module.replace(".", "/") + ".py")
+
+
+def _package_of(module: str) -> list[str]:
+    """The package a module's relative imports start from, below reactor: [] or ["prefork"]."""
+    if module in SUBPACKAGES:
+        return [module]
+    return module.split(".")[:-1]
+
+
+def top_level(modules: set[str]) -> set[str]:
+    """``prefork.master`` -> ``prefork``: what the layering rules name."""
+    return {module.split(".")[0] for module in modules}
+
+
 @functools.lru_cache(maxsize=None)
 def parse(module: str) -> ast.Module:
-    path = PACKAGE_DIR / f"{module}.py"
+    path = _path_of(module)
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def _resolve(module: str | None, level: int, names: list[str]) -> Iterator[str]:
-    """The reactor modules named by one import statement (short names)."""
-    if level > 1:
-        yield from ()  # beyond the package: not ours
-        return
-    if level == 1:
-        parts = module.split(".") if module else []
+def _resolve(module: str | None, level: int, names: list[str], package: list[str] | None = None) -> Iterator[str]:
+    """The reactor modules named by one import statement (short names), made in ``package`` (below reactor)."""
+    base = list(package or [])
+    if level:
+        if level - 1 > len(base):
+            return  # beyond the package: not ours
+        parts = base[:len(base) - (level - 1)] + (module.split(".") if module else [])
     else:
         if module is None or module.split(".")[0] != PACKAGE:
             return
         parts = module.split(".")[1:]
     if parts:
-        yield parts[0]
+        if parts[0] not in SUBPACKAGES:
+            yield parts[0]
+            return
+        if len(parts) > 1:
+            yield ".".join(parts[:2])
+            return
+        # "from .prefork import x" / "from . import x" inside prefork: x is a module or a name in its __init__.
+        for name in names:
+            yield f"{parts[0]}.{name}" if (PACKAGE_DIR / parts[0] / f"{name}.py").exists() else parts[0]
         return
     # "from . import x" / "from reactor import x": x is a module or a name in __init__.
     for name in names:
-        yield name if (PACKAGE_DIR / f"{name}.py").exists() else "__init__"
+        yield name if (PACKAGE_DIR / f"{name}.py").exists() or name in SUBPACKAGES else "__init__"
 
 
 def _is_type_checking_test(node: ast.expr) -> bool:
@@ -84,8 +118,8 @@ def _is_type_checking_test(node: ast.expr) -> bool:
         isinstance(node, ast.Attribute) and node.attr == "TYPE_CHECKING")
 
 
-def imports_of(tree: ast.AST) -> set[tuple[str, bool]]:
-    """(reactor module, runtime?) for every import in ``tree``, function bodies included.
+def imports_of(tree: ast.AST, package: list[str] | None = None) -> set[tuple[str, bool]]:
+    """(reactor module, runtime?) for every import in ``tree`` (a module of ``package``), function bodies included.
 
     Imports under ``if TYPE_CHECKING:`` are reported with runtime=False.
     """
@@ -96,9 +130,12 @@ def imports_of(tree: ast.AST) -> set[tuple[str, bool]]:
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == PACKAGE:
-                    found.add((parts[1] if len(parts) > 1 else "__init__", runtime))
+                    if len(parts) > 2 and parts[1] in SUBPACKAGES:
+                        found.add((".".join(parts[1:3]), runtime))
+                    else:
+                        found.add((parts[1] if len(parts) > 1 else "__init__", runtime))
         elif isinstance(node, ast.ImportFrom):
-            for target in _resolve(node.module, node.level, [a.name for a in node.names]):
+            for target in _resolve(node.module, node.level, [a.name for a in node.names], package):
                 found.add((target, runtime))
         if isinstance(node, ast.If) and _is_type_checking_test(node.test):
             for child in node.body:
@@ -114,7 +151,7 @@ def imports_of(tree: ast.AST) -> set[tuple[str, bool]]:
 
 
 def direct_imports(module: str, *, runtime_only: bool = False) -> set[str]:
-    return {target for target, runtime in imports_of(parse(module))
+    return {target for target, runtime in imports_of(parse(module), _package_of(module))
             if (runtime or not runtime_only) and target != module}
 
 
@@ -125,7 +162,7 @@ def runtime_closure(module: str) -> set[str]:
     while todo:
         current = todo.pop()
         if current not in MODULES:
-            continue  # named but not written yet (e.g. prefork)
+            continue  # named but not written yet
         for target in direct_imports(current, runtime_only=True):
             if target not in seen:
                 seen.add(target)
@@ -156,35 +193,69 @@ def test_import_analysis_understands_every_import_form() -> None:
     }
 
 
+def test_import_analysis_understands_imports_inside_a_subpackage() -> None:
+    tree = ast.parse(
+        "from ..loop import Reactor\n"
+        "from .. import dispatch\n"
+        "from ._messages import Command\n"
+        "from . import master\n"
+        "from . import Prefork\n"
+        "import reactor.prefork.worker\n"
+        "from reactor.prefork.arbiter import arbiter_main\n"
+        "from ...elsewhere import x\n"
+    )
+    assert imports_of(tree, ["prefork"]) == {
+        ("loop", True), ("dispatch", True), ("prefork._messages", True), ("prefork.master", True),
+        ("prefork", True), ("prefork.worker", True), ("prefork.arbiter", True),
+    }
+
+
 def test_the_package_has_the_modules_the_rules_talk_about() -> None:
     for layer in LAYERS:
         for module in layer:
             assert module in MODULES
-    assert set(MODULES) == set().union(*LAYERS), "every module has a layer"
+    assert {module.split(".")[0] for module in MODULES} == set().union(*LAYERS), "every module has a layer"
+    assert {"prefork.master", "prefork.arbiter", "prefork.worker", "prefork.standby"} <= set(MODULES)
 
 
 def layer_of(module: str) -> int:
-    return next(index for index, layer in enumerate(LAYERS) if module in layer)
+    top = module.split(".")[0]
+    return next(index for index, layer in enumerate(LAYERS) if top in layer)
+
+
+def same_subpackage(module: str, target: str) -> bool:
+    return module.split(".")[0] == target.split(".")[0] and module.split(".")[0] in SUBPACKAGES
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_imports_point_down_the_layers_even_for_type_checking(module: str) -> None:
     offending = sorted(target for target in direct_imports(module)
-                       if target in MODULES and layer_of(target) >= layer_of(module))
+                       if target in MODULES and layer_of(target) >= layer_of(module)
+                       and not same_subpackage(module, target))
     assert not offending, f"reactor.{module} imports {offending} from its own layer or above"
+
+
+def test_prefork_modules_import_hosting_only_where_needed() -> None:
+    # The master side talks to hosting from one module (master.py); the worker hosts
+    # its server on its own Reactor; the package facade defines the Topology subclass;
+    # the fork-time Plan carries the HostingOptions record.
+    users = {module for module in MODULES if module.startswith("prefork")
+             if direct_imports(module) & {"hosting", "accept"}}
+    assert users <= {"prefork", "prefork.master", "prefork.worker", "prefork._process"}, users
+    assert direct_imports("prefork._process") & {"hosting", "accept"} <= {"accept"}
 
 
 # ---------------------------------------------------------------- layering
 
 @pytest.mark.parametrize("module", sorted(FORBIDDEN))
 def test_module_does_not_import_upper_layers_directly(module: str) -> None:
-    offending = direct_imports(module) & FORBIDDEN[module]
+    offending = top_level(direct_imports(module)) & FORBIDDEN[module]
     assert not offending, f"reactor.{module} imports {sorted(offending)} (even for typing, imports point down)"
 
 
 @pytest.mark.parametrize("module", sorted(FORBIDDEN))
 def test_module_does_not_load_upper_layers_through_other_modules(module: str) -> None:
-    offending = runtime_closure(module) & FORBIDDEN[module]
+    offending = top_level(runtime_closure(module)) & FORBIDDEN[module]
     assert not offending, f"importing reactor.{module} loads {sorted(offending)}"
 
 
@@ -367,7 +438,7 @@ def test_compat_servers_keep_the_stdlib_handle_error() -> None:
 @pytest.mark.parametrize("module", MODULES)
 def test_every_module_has_a_docstring(module: str) -> None:
     docstring = ast.get_docstring(parse(module))
-    assert docstring and docstring.strip(), f"reactor/{module}.py has no module docstring"
+    assert docstring and docstring.strip(), f"{_path_of(module)} has no module docstring"
 
 
 # ---------------------------------------------------------------- import side effects

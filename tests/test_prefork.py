@@ -1,9 +1,10 @@
-"""Prefork: pre-forked worker processes supervised by an arbiter (reactor/prefork.py).
+"""Prefork: pre-forked worker processes supervised by an arbiter (reactor/prefork/).
 
 Every test runs the server in a FRESH interpreter (the scripts in
 tests/prefork_scripts/), never by forking pytest. The tree is::
 
     master (our child: the script) -> arbiter -> workers
+                                              -> standby (takes over if the arbiter dies)
 
 The scripts print machine-readable lines on stdout (``ready <address>
 <master pid>``, ``stats <json>`` in answer to a ``stats`` line on stdin...),
@@ -449,24 +450,38 @@ def test_a_worker_killed_with_sigkill_is_reaped_and_replaced(start: Callable[...
 
 def test_sigkill_of_the_master_takes_the_arbiter_and_the_workers_down(start: Callable[..., Tree]) -> None:
     tree = start(SERVER, "--workers", "2")
-    tree.ready()
+    _, master = tree.ready()
     stats = tree.stats()
     workers, arbiter = stats["pids"], stats["arbiter"]
-    tree.signal(signal.SIGKILL)
-    assert tree.wait(10) == -signal.SIGKILL
+    # Held stopped until it is re-parented, the arbiter reads the EOF only afterwards.
+    os.kill(arbiter, signal.SIGSTOP)
+    try:
+        tree.signal(signal.SIGKILL)
+        assert tree.wait(10) == -signal.SIGKILL
+        wait_for(lambda: parent_of(arbiter) != int(master), message="the arbiter was not re-parented")
+    finally:
+        os.kill(arbiter, signal.SIGCONT)
 
     wait_for(lambda: all(gone(pid) for pid in workers), timeout=10,
              message=lambda: f"workers left: { {pid: process_state(pid) for pid in workers} }")
     wait_for(lambda: exited(arbiter), timeout=10, message=f"the arbiter {arbiter} is still running")
     tree.lines.wait_eof(10)
+    # Re-parented by then, the arbiter names the master it was forked by, not its new parent.
+    assert f"master {master} is gone; stopping the workers" in tree.stderr()
 
 
-def test_an_arbiter_killed_with_sigkill_stops_its_workers_and_fails_serve_forever(
+def test_an_arbiter_lost_with_its_standby_stops_its_workers_and_fails_serve_forever(
         start: Callable[..., Tree]) -> None:
     tree = start(SERVER, "--workers", "2")
     tree.ready()
     stats = tree.stats()
-    os.kill(stats["arbiter"], signal.SIGKILL)
+    arbiter = stats["arbiter"]
+    (standby,) = children_of(arbiter) - set(stats["pids"])
+    tree.learn(standby)
+    os.kill(arbiter, signal.SIGSTOP)  # it cannot replace its standby...
+    os.kill(standby, signal.SIGKILL)
+    wait_for(lambda: exited(standby), message="the standby did not die")
+    os.kill(arbiter, signal.SIGKILL)  # ... nor be replaced by it
     report = json.loads(tree.expect("error"))
     assert report["type"] == "PreforkError" and "arbiter exited unexpectedly" in report["error"]
     assert tree.wait(20) == 2
@@ -477,7 +492,7 @@ def test_an_arbiter_killed_with_sigkill_stops_its_workers_and_fails_serve_foreve
     tree.lines.wait_eof(10)
     log = tree.stderr()
     assert "lost its arbiter; stopping" in log
-    assert f"the arbiter {stats['arbiter']} exited unexpectedly (killed by SIGKILL)" in log, log
+    assert f"the arbiter {arbiter} exited unexpectedly (killed by SIGKILL) and no standby took over" in log, log
 
 
 # ---------------------------------------------------------------- graceful stop
@@ -861,3 +876,355 @@ def test_mixed_reactor_respawns_a_prefork_worker_after_the_thread_pool_started(
     assert json.loads(tree.expect("socket-file")) is False
     assert not os.path.exists(admin_path)
     assert "multi-threaded" not in tree.stderr()  # every later fork came from the single-threaded arbiter
+
+
+def test_a_prefork_server_leaves_the_masters_signal_handlers_alone_unless_asked() -> None:
+    result = run_python(
+        """
+        import json, signal
+        from reactor import Prefork, Reactor, socketserver
+
+        def mine(signum, frame):
+            pass
+
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, mine)
+        before = {int(s): repr(signal.getsignal(s)) for s in watched}
+        report = {}
+        for opt_in in (False, True):
+            server = socketserver.TCPServer(("127.0.0.1", 0), socketserver.StreamRequestHandler)
+            reactor = Reactor()
+            reactor.add_server(server, Prefork(1, graceful_timeout=5, handle_signals=opt_in) if opt_in
+                               else Prefork(1, graceful_timeout=5))
+            report[str(opt_in)] = sorted(int(s) for s in watched if repr(signal.getsignal(s)) != before[int(s)])
+            reactor.close()
+        report["after"] = sorted(int(s) for s in watched if repr(signal.getsignal(s)) != before[int(s)])
+        print(json.dumps(report))
+        """,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["False"] == [], "a Prefork server took signals it was not asked to"
+    assert report["True"] == sorted(int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                                     signal.SIGTTIN, signal.SIGTTOU))
+    assert report["after"] == []
+
+
+# ---------------------------------------------------------------- isolation between servers
+
+SHARED = SCRIPTS / "shared_server.py"
+
+
+def start_shared(start: Callable[..., Tree], unix_dir: str, *args: str) -> tuple[Tree, dict[str, Any]]:
+    """The shared_server.py script: two Prefork pools, a ThreadPool and an Inline server on one Reactor."""
+    tree = start(SHARED, unix_dir, *args)
+    info: dict[str, Any] = json.loads(tree.expect("ready", timeout=20))
+    shared_stats(tree)
+    return tree, info
+
+
+def shared_stats(tree: Tree) -> dict[str, Any]:
+    """Both pools' ``Prefork.stats()``; learns every pid (standbys too) for the cleanup."""
+    assert tree.proc.stdin is not None
+    tree.proc.stdin.write("stats\n")
+    tree.proc.stdin.flush()
+    stats: dict[str, Any] = json.loads(tree.expect("stats"))
+    for pool in stats.values():
+        tree.learn(*pool["pids"], pool["arbiter"] or 0)
+        if pool["arbiter"]:
+            tree.learn(*children_of(pool["arbiter"]))
+    return stats
+
+
+def tell(tree: Tree, line: str) -> None:
+    assert tree.proc.stdin is not None
+    tree.proc.stdin.write(line + "\n")
+    tree.proc.stdin.flush()
+
+
+def children_of(pid: int) -> set[int]:
+    pids: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                pids.update(int(p) for p in fh.read().split())
+    except OSError:
+        pass
+    return pids
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    targets = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            targets[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+    return targets
+
+
+def kinds(targets: dict[int, str]) -> dict[str, list[str]]:
+    """Descriptors above stdio, grouped: socket, pipe, eventpoll, file, other."""
+    grouped: dict[str, list[str]] = collections.defaultdict(list)
+    for fd, target in targets.items():
+        if fd <= 2:
+            continue
+        if target.startswith("socket:"):
+            grouped["socket"].append(target)
+        elif target.startswith("pipe:"):
+            grouped["pipe"].append(target)
+        elif target == "anon_inode:[eventpoll]":
+            grouped["eventpoll"].append(target)
+        elif target.startswith("/"):
+            grouped["file"].append(target)
+        else:
+            grouped["other"].append(target)
+    return grouped
+
+
+def test_each_child_holds_only_its_own_listener_pipes_and_the_files_it_was_asked_to_keep(
+        start: Callable[..., Tree], unix_dir: str) -> None:
+    tree, info = start_shared(start, unix_dir)
+    master = fd_targets(info["master"])
+    master_sockets = {target for target in master.values() if target.startswith("socket:")}
+    stats = shared_stats(tree)
+    checked = []
+    for name, pool in stats.items():
+        arbiter, workers = pool["arbiter"], set(pool["pids"])
+        standbys = children_of(arbiter) - workers
+        listener = info["inodes"][name]
+        files = sorted([info["log"], info["kept"]] if name == "a" else [info["log"]])
+        arbiter_fds = fd_targets(arbiter)
+        arbiter_pipes = set(kinds(arbiter_fds)["pipe"])
+        control = [t for t in kinds(arbiter_fds)["socket"] if t not in master_sockets]
+        roles = [("arbiter", arbiter, 1, 4, 2 + len(workers) + len(standbys))]
+        roles += [("worker", pid, 1, 3, 2) for pid in workers]
+        roles += [("standby", pid, 0, 2, 1) for pid in standbys]
+        for role, pid, epolls, sockets, pipes in roles:
+            fds = fd_targets(pid)
+            grouped = kinds(fds)
+            where = f"{name} {role} {pid}: {fds}"
+            assert [fds.get(fd) for fd in (0, 1, 2)] == [master.get(fd) for fd in (0, 1, 2)], where
+            assert set(grouped["socket"]) & master_sockets == {listener}, where
+            assert grouped["socket"].count(listener) == 1, where
+            assert len(grouped["socket"]) == sockets, where
+            assert len(grouped["eventpoll"]) == epolls, where
+            assert len(grouped["pipe"]) == pipes and set(grouped["pipe"]) <= arbiter_pipes, where
+            assert sorted(grouped["file"]) == files, where
+            assert grouped["other"] == [], where
+            if role == "standby":
+                assert set(grouped["socket"]) - {listener} <= set(control), where
+            checked.append(role)
+    assert checked.count("worker") == 4 and checked.count("arbiter") == 2
+    stop_cleanly(tree)
+    assert "arbiter" in Path(info["log"]).read_text(), "file logging does not work in the children"
+
+
+def test_a_port_closed_in_the_master_is_free_at_once(start: Callable[..., Tree], unix_dir: str) -> None:
+    tree, info = start_shared(start, unix_dir)
+    assert ask_pid(("127.0.0.1", info["pooled"])) == info["master"]
+    tell(tree, "close-pooled")
+    tree.expect("closed-pooled")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(5)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", info["pooled"]))  # EADDRINUSE if a child still listens on it
+    with pytest.raises(ConnectionRefusedError):
+        ask_pid(("127.0.0.1", info["pooled"]))
+    stop_cleanly(tree)
+
+
+def test_sigkill_of_the_master_ends_every_pool_within_seconds_even_with_a_request_in_flight(
+        start: Callable[..., Tree], unix_dir: str) -> None:
+    tree, info = start_shared(start, unix_dir, "--graceful-timeout", "30")
+    slow = SlowRequest(("127.0.0.1", info["a"]))
+    try:
+        stats = shared_stats(tree)
+        everyone = set(tree.learned)
+        assert slow.pid in everyone and len(everyone) >= 6  # 2 arbiters, 4 workers (and the standbys)
+        tree.signal(signal.SIGKILL)
+        assert tree.wait(10) == -signal.SIGKILL
+        wait_for(lambda: all(exited(pid) for pid in everyone), timeout=5,
+                 message=lambda: f"left: { {pid: process_state(pid) for pid in everyone if not exited(pid)} }")
+        assert not_served(slow.sock)
+    finally:
+        slow.close()
+    tree.lines.wait_eof(10)
+    log = Path(info["log"]).read_text()
+    assert log.count(f"master {info['master']} is gone") == len(stats), log
+
+
+# ---------------------------------------------------------------- a lost arbiter, crash loops
+
+def test_a_killed_arbiter_is_replaced_while_the_other_servers_keep_answering(
+        start: Callable[..., Tree], unix_dir: str) -> None:
+    tree, info = start_shared(start, unix_dir)
+    before = shared_stats(tree)
+    victim, old_workers = before["a"]["arbiter"], set(before["a"]["pids"])
+    answered: list[int] = []
+    failures: list[str] = []
+    enough = threading.Event()
+
+    def load() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.settimeout(5)
+            for _ in range(100000):  # bounded even if the test never sets `enough`
+                if enough.is_set():
+                    return
+                try:
+                    assert ask_pid(("127.0.0.1", info["pooled"])) == info["master"]
+                    udp.sendto(b"pid", ("127.0.0.1", info["udp"]))
+                    assert int(udp.recvfrom(1024)[0].split()[0]) == info["master"]
+                except (OSError, AssertionError, ValueError) as exc:
+                    failures.append(repr(exc))
+                    return
+                answered.append(1)
+
+    client = threading.Thread(target=load, name="other-servers-load")
+    client.start()
+    try:
+        wait_for(lambda: len(answered) >= 20 or failures, timeout=15, message="the other servers do not answer")
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> dict[str, Any]:
+            stats = shared_stats(tree)
+            pool = stats["a"]
+            ok = (pool["arbiter"] not in (None, victim) and len(pool["ready"]) == 2
+                  and not set(pool["pids"]) & old_workers)
+            return stats if ok else {}
+
+        after = wait_for(replaced, timeout=10, interval=0.02, message="the killed arbiter was not replaced")
+        wait_for(lambda: gone(victim), message=f"the dead arbiter {victim} was not reaped")
+        wait_for(lambda: all(exited(pid) for pid in old_workers), message="the dead arbiter's workers still run")
+        assert pids_of_every_worker(("127.0.0.1", info["a"]), 2) == set(after["a"]["ready"])
+        mark = len(answered)
+        wait_for(lambda: len(answered) >= mark + 20 or failures, timeout=15, message="no answers after")
+    finally:
+        enough.set()
+        client.join(30)
+    assert not client.is_alive()
+    assert failures == []
+    assert after["b"]["arbiter"] == before["b"]["arbiter"] and after["b"]["pids"] == before["b"]["pids"]
+    stopping = time.monotonic()
+    stop_cleanly(tree)
+    assert time.monotonic() - stopping < 15, "the new arbiter's workers did not stop at once (graceful_timeout is 30 s)"
+    log = tree.stderr()
+    assert re.search(rf"arbiter {victim} died \(killed by SIGKILL\); arbiter {after['a']['arbiter']} took over",
+                     log), log
+
+
+def test_arbiters_that_die_right_after_booting_are_replaced_with_growing_delays(
+        start: Callable[..., Tree]) -> None:
+    tree = start(SERVER, "--workers", "1")
+    port, _ = tree.ready()
+    arbiter = tree.stats()["arbiter"]
+    waited = []
+    for _ in range(3):
+        os.kill(arbiter, signal.SIGKILL)
+        killed = time.monotonic()
+        stats = tree.wait_stats(lambda s: s["arbiter"] not in (None, arbiter) and len(s["ready"]) == 1,
+                                "the arbiter was not replaced", timeout=15)
+        waited.append(time.monotonic() - killed)
+        arbiter = stats["arbiter"]
+    assert ask_pid(("127.0.0.1", int(port))) == stats["ready"][0]
+    stop_cleanly(tree)
+    delays = [float(d) for d in re.findall(r"took over from arbiter \d+ .*; starting workers in ([\d.]+)s",
+                                           tree.stderr())]
+    assert len(delays) == 3 and 0 < delays[0] < delays[1] < delays[2], tree.stderr()
+    assert all(took >= delay for took, delay in zip(waited, delays)), (waited, delays)
+
+
+def test_workers_that_crash_right_after_starting_are_respawned_with_growing_delays(
+        start: Callable[..., Tree]) -> None:
+    tree = start(SERVER, "--workers", "1", "--crash-after-start")
+    started = [float(tree.expect("worker-started").split()[1]) for _ in range(5)]
+    gaps = [later - earlier for earlier, later in zip(started, started[1:])]
+    # The delays double from CRASH_BACKOFF_MIN: 0.1, 0.2, 0.4, 0.8 s (plus each fork's own time).
+    assert gaps[0] >= 0.09, gaps
+    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:])), gaps
+    assert gaps[3] >= 0.75, gaps
+    stop_cleanly(tree)
+
+
+def test_an_arbiter_that_dies_before_its_workers_are_ready_is_a_boot_failure(
+        start: Callable[..., Tree], unix_dir: str) -> None:
+    gate_path = os.path.join(unix_dir, "gate.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gate:
+        gate.settimeout(15)
+        gate.bind(gate_path)
+        gate.listen(4)
+        tree = start(SERVER, "--workers", "2", "--boot-gate", gate_path)
+        waiting = [gate.accept()[0] for _ in range(2)]  # both workers are booting, none is ready
+        try:
+            (arbiter,) = children_of(tree.proc.pid)
+            tree.learn(arbiter, *children_of(arbiter))
+            os.kill(arbiter, signal.SIGKILL)
+            report = json.loads(tree.expect("error", timeout=20))
+        finally:
+            for conn in waiting:
+                conn.close()  # the workers' on_worker_start fails: they exit
+    assert report["type"] == "WorkerBootError", report
+    assert f"arbiter {arbiter} died before its first workers were ready; not replacing it" in report["error"]
+    assert tree.wait(20) == 2
+    assert report["stats"]["arbiter"] in (None, arbiter)  # nobody took over
+    tree.lines.wait_eof(10)
+
+
+def test_a_dead_standby_is_replaced_and_the_new_one_takes_over_later(start: Callable[..., Tree]) -> None:
+    tree = start(SERVER, "--workers", "1")
+    port, _ = tree.ready()
+    stats = tree.stats()
+    arbiter = stats["arbiter"]
+
+    def standbys() -> set[int]:
+        return children_of(arbiter) - set(tree.stats()["pids"])
+
+    (first,) = standbys()
+    os.kill(first, signal.SIGKILL)
+    (second,) = wait_for(lambda: (found := standbys()) and first not in found and found,
+                         message="the arbiter forked no new standby")
+    tree.learn(first, second)
+    wait_for(lambda: gone(first), message=f"the dead standby {first} was not reaped")
+    os.kill(arbiter, signal.SIGKILL)
+    after = tree.wait_stats(lambda s: s["arbiter"] == second and len(s["ready"]) == 1,
+                            "the new standby did not take over")
+    assert ask_pid(("127.0.0.1", int(port))) == after["ready"][0]
+    stop_cleanly(tree)
+    log = tree.stderr()
+    assert f"standby {first} exited (killed by SIGKILL); forking a new one" in log
+    assert f"arbiter {second} took over from arbiter {arbiter}" in log
+
+
+def test_the_control_channel_skips_a_line_a_dead_sender_left_half_written() -> None:
+    from reactor.prefork._messages import Command, LineChannel, command
+
+    left, right = socket.socketpair()
+    with left, right:
+        right.settimeout(5)
+        sender, receiver = LineChannel(left), LineChannel(right)
+        left.sendall(b'{"event": "spaw')  # the dead arbiter's last words
+        assert receiver.receive() == []
+        assert sender.send(command(Command.TARGET, workers=3), resync=True)
+        assert receiver.receive() == [{"cmd": "target", "workers": 3}]
+        left.sendall(b"[1, 2]\nnot json\n")
+        assert receiver.receive() == []
+        left.close()
+        assert receiver.receive() is None
+
+
+def test_master_and_arbiter_killed_together_leave_no_process(start: Callable[..., Tree]) -> None:
+    tree = start(SERVER, "--workers", "2")
+    tree.ready()
+    stats = tree.stats()
+    arbiter = stats["arbiter"]
+    (standby,) = children_of(arbiter) - set(stats["pids"])
+    everyone = {arbiter, standby, *stats["pids"]}
+    tree.learn(*everyone)
+    os.kill(arbiter, signal.SIGSTOP)  # so that it dies after the master, not before
+    tree.signal(signal.SIGKILL)
+    assert tree.wait(10) == -signal.SIGKILL
+    os.kill(arbiter, signal.SIGKILL)
+    wait_for(lambda: all(exited(pid) for pid in everyone), timeout=5,
+             message=lambda: f"left: { {pid: process_state(pid) for pid in everyone if not exited(pid)} }")
+    tree.lines.wait_eof(10)
+    assert "took over" not in tree.stderr()

@@ -1,6 +1,6 @@
 """The drop-in socketserver with a Prefork strategy, run by tests/test_prefork.py.
 
-``socketserver.TCPServer(address, Handler, dispatch=Prefork(2)).serve_forever()``,
+``socketserver.TCPServer(address, Handler, dispatch=Prefork(2, handle_signals=True)).serve_forever()``,
 stopped by SIGTERM. stdout: ``ready <port> <master pid>`` before serving (the
 workers start inside serve_forever(); clients wait in the backlog meanwhile),
 then ``stopped`` and ``children <json>`` after server_close().
@@ -19,7 +19,7 @@ from support import child_pids
 
 def main() -> int:
     setup_process()
-    server = socketserver.TCPServer(("127.0.0.1", 0), PidStreamHandler, dispatch=Prefork(2))
+    server = socketserver.TCPServer(("127.0.0.1", 0), PidStreamHandler, dispatch=Prefork(2, handle_signals=True))
     emit("ready", server.server_address[1], os.getpid())
     try:
         server.serve_forever()

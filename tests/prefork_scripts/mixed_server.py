@@ -29,7 +29,7 @@ def main() -> int:
     setup_process()
     admin_path = sys.argv[1]
     pool = ThreadPool(2)
-    prefork = Prefork(2)
+    prefork = Prefork(2, handle_signals=True)
 
     class AdminHandler(socketserver.StreamRequestHandler):
         def handle(self) -> None:

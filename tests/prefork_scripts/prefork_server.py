@@ -4,6 +4,7 @@ stdout carries machine-readable lines only:
 
 * ``ready <address> <master pid>`` once every worker has reported ready
   (``<address>`` is a port, or a path for Unix sockets);
+* ``worker-started <pid> <time>`` from each worker, with ``--crash-after-start``;
 * ``stats <json>`` in answer to a ``stats`` line on stdin (``Prefork.stats()``);
 * ``error <json>`` (exit status 2) if ``serve_forever()`` raised
   ``PreforkError`` (or its subclass ``WorkerBootError``);
@@ -19,7 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
+import time
+from typing import Any
 
 from handlers import PidDatagramHandler, PidStreamHandler, emit, setup_process
 from reactor import Prefork, PreforkError, Reactor, socketserver
@@ -45,18 +49,37 @@ def main() -> int:
     parser.add_argument("--heartbeat-timeout", type=float, default=30.0)
     parser.add_argument("--graceful-timeout", type=float, default=30.0)
     parser.add_argument("--fail-boot", action="store_true", help="on_worker_start raises")
+    parser.add_argument("--boot-gate", help="on_worker_start connects to this Unix socket path and waits for a "
+                                            "byte there (EOF: it raises)")
+    parser.add_argument("--crash-after-start", action="store_true",
+                        help="each worker prints worker-started <pid> <monotonic time>, then exits 1 in its first tick")
     args = parser.parse_args()
     setup_process()
 
     server_class, address, handler = SERVERS[args.family]
+    if args.crash_after_start:
+        class CrashingServer(server_class):  # type: ignore[valid-type,misc]
+            def hosting_started(self, hosted: Any) -> None:
+                emit("worker-started", os.getpid(), time.monotonic())
+                hosted.reactor.call_soon(os._exit, 1)
+
+        server_class = CrashingServer
     server = server_class(address if address is not None else args.path, handler)
 
     def fail_boot() -> None:
         raise RuntimeError("boom: the worker cannot open its resources")
 
+    def wait_at_the_gate() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gate:
+            gate.settimeout(30)
+            gate.connect(args.boot_gate)
+            if not gate.recv(1):
+                raise RuntimeError("the boot gate closed")
+
+    on_worker_start = fail_boot if args.fail_boot else wait_at_the_gate if args.boot_gate else None
     prefork = Prefork(args.workers, args.threads, args.max_requests, args.max_requests_jitter,
                       args.heartbeat_timeout, args.graceful_timeout,
-                      on_worker_start=fail_boot if args.fail_boot else None)
+                      on_worker_start=on_worker_start, handle_signals=True)
     reactor = Reactor()
     reactor.add_server(server, prefork)
 

@@ -1,0 +1,120 @@
+"""The worker process: a fresh Reactor serving the pool's one server, beating a heartbeat to its arbiter.
+
+A worker is forked by its arbiter and holds only its listener, its heartbeat
+pipe (write end), the arbiter's death pipe (read end), stdio and the
+descriptors kept on purpose. It stops on SIGTERM, after ``max_requests``, or
+when the death pipe reaches EOF (its arbiter is gone).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import random
+import signal
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from ..accept import Dispatch, HostedServer, PauseReason
+from ..dispatch import ThreadPool
+from ..hosting import Reactor
+from ._messages import HEARTBEAT, READY
+from ._process import (WORKER_BOOT_FAILED, Plan, SignalMask, close_inherited_fds, forget_inherited_signals,
+                       heartbeat_interval, ignore_controlled_signals)
+
+__all__ = ["worker_main"]
+
+logger = logging.getLogger(__name__)
+
+
+
+class _RequestLimit(Dispatch):
+    """Wraps a strategy; after ``limit`` requests, stops taking more and stops the worker's loop."""
+
+    def __init__(self, inner: Dispatch, limit: int, reactor: Reactor) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.reactor = reactor
+        self.count = 0
+
+    def bind(self, hosted: HostedServer) -> None:
+        self.inner.bind(hosted)
+
+    def begin_drain(self, hosted: HostedServer, on_drained: Callable[[], None]) -> float:
+        return self.inner.begin_drain(hosted, on_drained)
+
+    def abort(self, hosted: HostedServer) -> None:
+        self.inner.abort(hosted)
+
+    def unbind(self, hosted: HostedServer) -> None:
+        self.inner.unbind(hosted)
+
+    def owns_current_thread(self) -> bool:
+        return self.inner.owns_current_thread()
+
+    def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
+        self.count += 1
+        if self.count >= self.limit:
+            hosted.pause(PauseReason.RECYCLING)
+            self.reactor.stop()
+        self.inner.submit(hosted, request, client_address)
+
+
+def worker_main(plan: Plan, heartbeat: int, death_pipe: int, signal_mask: SignalMask) -> NoReturn:
+    """Run one worker in a freshly forked child (signals blocked); never returns."""
+    code = WORKER_BOOT_FAILED
+    try:
+        forget_inherited_signals()
+        ignore_controlled_signals()
+        close_inherited_fds({plan.listener, heartbeat, death_pipe, *plan.keep_fds})
+        faulthandler.enable(all_threads=True)  # SIGABRT from the arbiter logs every thread's stack
+        if plan.on_worker_start is not None:
+            plan.on_worker_start()
+        reactor = Reactor()
+        inner: Dispatch = (ThreadPool(plan.threads, drain_timeout=plan.graceful_timeout)
+                           if plan.threads else Dispatch())
+        limit = plan.max_requests
+        if limit and plan.max_requests_jitter:
+            limit += random.randint(0, plan.max_requests_jitter)
+        # Only a worker that recycles pays for counting its requests.
+        dispatch = _RequestLimit(inner, limit, reactor) if limit else inner
+        reactor.add_server(plan.server, dispatch, service_interval=plan.options.service_interval,
+                           handle_timeouts=plan.options.handle_timeouts)
+        os.set_blocking(heartbeat, False)
+        interval = heartbeat_interval(plan.heartbeat_timeout)
+
+        def beat(marker: bytes = HEARTBEAT) -> None:
+            try:
+                os.write(heartbeat, marker)
+            except BlockingIOError:
+                pass  # the arbiter has unread beats already
+            except BrokenPipeError:
+                reactor.stop()  # the arbiter is gone
+
+        def beat_periodically() -> None:
+            reactor.call_later(interval, beat_periodically)
+            beat()
+
+        def on_arbiter_death() -> None:
+            reactor.remove_reader(death_pipe)
+            logger.warning("%s: worker %d lost its arbiter; stopping", plan.name, os.getpid())
+            reactor.stop()
+
+        reactor.add_reader(death_pipe, on_arbiter_death)
+        reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # a SIGTERM held since the fork lands now
+        reactor.call_later(interval, beat_periodically)
+        beat(READY)
+        code = 1  # from here on, an unexpected exit is a crash, not a boot failure
+        reactor.serve_forever()
+        reactor.remove_server(plan.server)  # drains a ThreadPool within graceful_timeout
+        code = 0
+    except BaseException as exc:
+        if code == WORKER_BOOT_FAILED:
+            logger.error("%s: worker %d failed to boot: %r", plan.name, os.getpid(), exc,
+                         exc_info=not isinstance(exc, KeyboardInterrupt))
+        else:
+            logger.exception("%s: worker %d failed", plan.name, os.getpid())
+    finally:
+        os._exit(code)
