@@ -375,3 +375,46 @@ def test_a_second_signal_during_close_aborts_the_drain(mode: str) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# ---------------------------------------------------------------- remove_server() from inside the loop
+
+def test_remove_server_from_a_handler_leaves_in_the_background_and_says_when_done() -> None:
+    release = threading.Event()
+    in_flight = threading.Event()
+
+    class Held(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            in_flight.set()
+            if release.wait(JOIN_TIMEOUT):
+                self.wfile.write(b"finished\n")
+
+    removed: list[str] = []
+    with Reactor() as reactor:
+        pooled = socketserver.TCPServer(("127.0.0.1", 0), Held)
+
+        class Remover(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                self.rfile.readline()
+                reactor.remove_server(pooled, on_removed=lambda: removed.append("pooled"))
+                self.wfile.write(b"removing\n")
+
+        remover = socketserver.TCPServer(("127.0.0.1", 0), Remover)
+        staying = socketserver.TCPServer(("127.0.0.1", 0), UpperHandler)
+        reactor.add_server(pooled, dispatch=ThreadPool(2, drain_timeout=JOIN_TIMEOUT))
+        reactor.add_server(remover)
+        reactor.add_server(staying)
+        try:
+            with serving(reactor), socket.create_connection(pooled.server_address, timeout=CLIENT_TIMEOUT) as held:
+                held.sendall(b"hold\n")
+                assert in_flight.wait(JOIN_TIMEOUT)
+                assert ask(remover.server_address) == b"removing\n"  # the loop did not wait for the pool
+                assert pooled not in reactor.servers
+                assert ask(staying.server_address) == b"PING\n"
+                assert removed == [], "on_removed ran while a request was still in flight"
+                release.set()
+                assert held.makefile("rb").readline() == b"finished\n"
+                wait_for(lambda: removed == ["pooled"])
+        finally:
+            pooled.server_close()
