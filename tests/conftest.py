@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from support import ResourceSnapshot, check_leaks, short_unix_dir, take_snapshot
+from support import TESTS_DIR, ResourceSnapshot, check_leaks, short_unix_dir, take_snapshot
 
 #: How long teardown waits for the test's threads to finish, its children to
 #: be reaped and its fds to be closed before declaring a leak.  Override with
@@ -21,6 +21,7 @@ from support import ResourceSnapshot, check_leaks, short_unix_dir, take_snapshot
 LEAK_TIMEOUT = float(os.environ.get("REACTOR_TEST_LEAK_TIMEOUT", "2.0"))
 
 _call_failed = pytest.StashKey[bool]()
+_deselected = pytest.StashKey[int]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,6 +29,34 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "allow_leaks: skip the fd/thread/child-process leak check for this test",
     )
+    config.addinivalue_line(
+        "markers",
+        "run_last: run this test after every other test of the session (it checks what they did)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move the tests marked ``run_last`` to the end, in their order."""
+    last = [item for item in items if item.get_closest_marker("run_last") is not None]
+    if last:
+        items[:] = [item for item in items if item.get_closest_marker("run_last") is None] + last
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Count what -k, -m, --lf, --deselect... left out (see ``whole_suite_runs``)."""
+    if items:
+        config = items[0].config
+        config.stash[_deselected] = config.stash.get(_deselected, 0) + len(items)
+
+
+@pytest.fixture
+def whole_suite_runs(request: pytest.FixtureRequest) -> bool:
+    """True when this session runs every test module of tests/ and deselected nothing
+    (no -k, -m, --lf, --deselect): only then can a test judge what the whole suite did."""
+    session = request.session
+    ran = {item.path.name for item in session.items}
+    every = {path.name for path in TESTS_DIR.glob("test_*.py")}
+    return every <= ran and session.config.stash.get(_deselected, 0) == 0
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -30,6 +30,8 @@ from typing import Any, TypeVar, Union
 __all__ = [
     "REPO_ROOT",
     "TESTS_DIR",
+    "EXAMPLES_DIR",
+    "examples_started",
     "LEAKABLE_FD_PREFIXES",
     "ResourceSnapshot",
     "wait_for",
@@ -48,6 +50,12 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
+EXAMPLES_DIR = REPO_ROOT / "examples"
+
+#: File names of the scripts in ``examples/`` that :func:`run_python` or
+#: :func:`spawn_python` started, as a script, in this process.
+#: tests/test_examples.py checks at the end of a full run that every example is there.
+examples_started: set[str] = set()
 
 T = TypeVar("T")
 PathOrCode = Union[str, "os.PathLike[str]"]
@@ -133,14 +141,15 @@ def _python_argv(code_or_path: PathOrCode, args: tuple[str, ...], unbuffered: bo
     argv = [sys.executable]
     if unbuffered:
         argv.append("-u")
-    if isinstance(code_or_path, os.PathLike):
-        argv.append(os.fspath(code_or_path))
-    elif (
+    if isinstance(code_or_path, os.PathLike) or (
         "\n" not in code_or_path
         and code_or_path.endswith(".py")
         and os.path.isfile(code_or_path)
     ):
-        argv.append(code_or_path)
+        script = Path(code_or_path).resolve()
+        if script.parent == EXAMPLES_DIR:
+            examples_started.add(script.name)
+        argv.append(os.fspath(code_or_path))
     else:
         argv += ["-c", textwrap.dedent(code_or_path)]
     argv += [str(a) for a in args]

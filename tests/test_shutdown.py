@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import socketserver as std_socketserver
+import sys
 import tempfile
 import threading
 import time
@@ -240,43 +241,94 @@ def test_shutdown_before_serve_forever_stops_only_the_next_serve_forever(ss: Any
 
 # ---------------------------------------------------------------- no request after shutdown
 
+def start_shutdown(server: Any) -> tuple[threading.Thread, threading.Event]:
+    """Call ``server.shutdown()`` in a thread; return it and an event set once shutdown() waits.
+
+    Both implementations record the request to stop, then wait for serve_forever() to return
+    (``threading.Event.wait``), so once the thread enters ``Event.wait`` or ``Condition.wait``,
+    shutdown() has been called for good. A profile function (this thread only) sees that call:
+    no sleep, no look at the server's internals.
+    """
+    waiting = threading.Event()
+    waits = (threading.Event.wait.__code__, threading.Condition.wait.__code__)
+
+    def profile(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code in waits:
+            waiting.set()
+
+    def stop() -> None:
+        sys.setprofile(profile)
+        try:
+            server.shutdown()
+        finally:
+            sys.setprofile(None)
+
+    thread = threading.Thread(target=stop, name="shutdown", daemon=True)
+    thread.start()
+    return thread, waiting
+
+
+QUEUED = 3
+
+
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_no_request_is_handled_after_shutdown_returns(ss: Any, transport: str) -> None:
+    # Requests are waiting (TCP: connections with data in the backlog; UDP: datagrams in the
+    # socket's buffer) before shutdown() is called from another thread, while a handler runs. Once
+    # that handler returns, serve_forever() must return without taking any of them.
     handled: list[bytes] = []
+    release = threading.Event()
+
+    def record_then_hold(data: bytes) -> None:
+        handled.append(data)
+        if len(handled) == 1:
+            assert release.wait(JOIN_TIMEOUT), "the first handler was never released"
+
+    class StreamHandler(ss.StreamRequestHandler):
+        def handle(self) -> None:
+            record_then_hold(self.rfile.readline())
+            self.wfile.write(b"bye\n")
 
     class DatagramHandler(ss.DatagramRequestHandler):
         def handle(self) -> None:
-            handled.append(self.rfile.read())
-            self.wfile.write(b"ok")
+            record_then_hold(self.rfile.read())
+            self.wfile.write(b"bye\n")
 
     if transport == "tcp":
-        server = ss.TCPServer(("127.0.0.1", 0), counting_handler(ss, handled))
+        server = ss.TCPServer(("127.0.0.1", 0), StreamHandler)
     else:
         server = ss.UDPServer(("127.0.0.1", 0), DatagramHandler)
     running = Server(server, poll_interval=0.05)
     sock_type = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, sock_type) as first, socket.socket(socket.AF_INET, sock_type) as late:
-        first.settimeout(5)
-        late.settimeout(5)
-        try:
-            running.start()
-            first.connect(server.server_address)
-            first.sendall(b"first\n")
-            assert first.recv(1024) in (b"echo:first\n", b"ok")
-            server.shutdown()
-            running.join()
-            late.connect(server.server_address)  # TCP: lands in the kernel backlog
-            late.sendall(b"late\n")
-        finally:
-            running.close()
-        if transport == "tcp":
-            # Never accepted: server_close() resets it (Linux) or it just ends; no reply ever comes.
-            try:
-                late_reply = late.recv(1024)
-            except ConnectionResetError:
-                late_reply = b""
-            assert late_reply == b""
-    assert len(handled) == 1
+    clients = [socket.socket(socket.AF_INET, sock_type) for _ in range(1 + QUEUED)]
+    stopper: threading.Thread | None = None
+    try:
+        for client in clients:
+            client.settimeout(5)
+        running.start()
+        first, queued = clients[0], clients[1:]
+        first.connect(server.server_address)
+        first.sendall(b"first\n")
+        wait_for(lambda: handled, message="the first request was never handled")
+        for i, client in enumerate(queued):
+            client.connect(server.server_address)  # TCP: the handshake completes into the backlog
+            client.sendall(b"queued%d\n" % i)
+        stopper, shutdown_waiting = start_shutdown(server)
+        assert shutdown_waiting.wait(JOIN_TIMEOUT), "shutdown() never started waiting"
+        release.set()  # the handler returns with the requests still waiting and shutdown() called
+        assert first.recv(1024) == b"bye\n"
+        stopper.join(JOIN_TIMEOUT)
+        assert not stopper.is_alive(), "shutdown() did not return"
+        running.join()
+        assert handled == [b"first\n"]
+    finally:
+        release.set()
+        running.close()
+        if stopper is not None:
+            stopper.join(JOIN_TIMEOUT)
+        for client in clients:
+            client.close()
+    assert handled == [b"first\n"]  # server_close() too took nothing
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
