@@ -94,7 +94,7 @@ from typing import Any
 from ..accept import HostingOptions, describe_server
 from ..hosting import Attachment, Reactor, Topology
 from ._messages import Command
-from ._process import WORKER_BOOT_FAILED
+from ._process import WORKER_BOOT_FAILED, PoolSettings
 from .master import MasterSide, PreforkError, WorkerBootError
 
 __all__ = ["Prefork", "PreforkError", "WorkerBootError", "WORKER_BOOT_FAILED"]
@@ -179,7 +179,13 @@ class Prefork(Topology):
         """Fork the arbiter, which forks the workers; see the module docstring."""
         if self._attachment is not None:
             raise ValueError(f"{self!r} already serves {describe_server(self._attachment.server)}")
-        self._attachment = MasterSide(self, self, reactor, server, options, on_detached=self._detached)
+        settings = PoolSettings(
+            workers=self.workers, threads=self.threads, max_requests=self.max_requests,
+            max_requests_jitter=self.max_requests_jitter, heartbeat_timeout=self.heartbeat_timeout,
+            graceful_timeout=self.graceful_timeout, handle_signals=self.handle_signals,
+            keep_fds=frozenset(item if isinstance(item, int) else int(item.fileno()) for item in self.keep_fds),
+            on_worker_start=self.on_worker_start)
+        self._attachment = MasterSide(settings, self, reactor, server, options, on_detached=self._detached)
         return self._attachment
 
     def _detached(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from ..accept import HostingOptions
 
 __all__ = [
-    "ABORT_GRACE", "CRASH_BACKOFF_MAX", "CRASH_BACKOFF_MIN", "FAST_CRASH", "ORPHAN_GRACE_MAX", "Plan",
+    "ABORT_GRACE", "CRASH_BACKOFF_MAX", "CRASH_BACKOFF_MIN", "FAST_CRASH", "ORPHAN_GRACE_MAX", "Plan", "PoolSettings",
     "SignalMask", "WORKER_BOOT_FAILED", "close_inherited_fds", "describe_exit", "fork_with_signals_blocked",
     "forget_inherited_signals", "heartbeat_interval", "ignore_controlled_signals", "logging_fds",
     "next_backoff", "orphan_grace", "reap",
@@ -42,23 +42,31 @@ ORPHAN_GRACE_MAX = 2.0
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything a process of the pool knows from its fork: the server and the pool's options."""
+class PoolSettings:
+    """A ``Prefork``'s settings, as its constructor took them (see its docstring)."""
 
-    server: Any
-    name: str
     workers: int
     threads: int
     max_requests: int
     max_requests_jitter: int
     heartbeat_timeout: float
     graceful_timeout: float
+    handle_signals: bool
+    #: Descriptors the user asked every child to keep (``Prefork(keep_fds=...)``).
+    keep_fds: frozenset[int]
     on_worker_start: Callable[[], object] | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a process of the pool knows from its fork: the server and the pool's options."""
+
+    server: Any
+    name: str
+    settings: PoolSettings
     options: HostingOptions
     #: The master's pid, recorded before the arbiter's fork: once re-parented, getppid() says 1.
     master_pid: int
-    #: Descriptors the user asked every child to keep (``Prefork(keep_fds=...)``).
-    keep_fds: frozenset[int]
 
     @property
     def listener(self) -> int:

@@ -62,7 +62,7 @@ def arbiter_main(plan: Plan, control: socket.socket, signal_mask: SignalMask,
         if takeover is None:
             forget_inherited_signals()
             ignore_controlled_signals()
-            close_inherited_fds({plan.listener, control.fileno(), *plan.keep_fds})
+            close_inherited_fds({plan.listener, control.fileno(), *plan.settings.keep_fds})
         _Arbiter(plan, control, signal_mask, takeover).run()
         code = 0
     except BaseException:
@@ -81,7 +81,7 @@ class _Arbiter:
         self.control = control
         self.signal_mask = signal_mask
         self.takeover = takeover
-        self.state = _ArbiterState(target=plan.workers)
+        self.state = _ArbiterState(target=plan.settings.workers)
         self.backoff = takeover.delay if takeover is not None else 0.0
         self.booted_at: float | None = None
         # The standby first, while this process holds nothing but what it will hold too.
@@ -144,7 +144,7 @@ class _Arbiter:
         if messages is None:
             if not self.state.stopping:
                 logger.warning("%s: master %d is gone; stopping the workers (killing them after %.1fs)",
-                               self.name, self.plan.master_pid, orphan_grace(self.plan.graceful_timeout))
+                               self.name, self.plan.master_pid, orphan_grace(self.plan.settings.graceful_timeout))
             self.reactor.remove_reader(self.channel.sock)
             self.orphaned = True
             self._begin_stop()
@@ -172,7 +172,7 @@ class _Arbiter:
         self.channel.send(event(Event.TARGET, workers=target))
         current = self._current()  # oldest first: the oldest retire
         for worker in current[:max(len(current) - target, 0)]:
-            self._retire(worker, self.plan.graceful_timeout)
+            self._retire(worker, self.plan.settings.graceful_timeout)
         self._spawn_missing()
 
     def _reload(self) -> None:
@@ -250,7 +250,7 @@ class _Arbiter:
         outgoing = sorted((w for w in self.state.workers.values() if w.generation != generation and not w.retiring),
                           key=lambda w: w.started)
         if outgoing:
-            self._retire(outgoing[0], self.plan.graceful_timeout)
+            self._retire(outgoing[0], self.plan.settings.graceful_timeout)
 
     def _close_pipe(self, worker: _Worker) -> None:
         if worker.pipe >= 0:
@@ -259,12 +259,12 @@ class _Arbiter:
             worker.pipe = -1
 
     def _schedule_liveness_check(self) -> None:
-        self.reactor.call_later(heartbeat_interval(self.plan.heartbeat_timeout), self._check_liveness)
+        self.reactor.call_later(heartbeat_interval(self.plan.settings.heartbeat_timeout), self._check_liveness)
 
     def _check_liveness(self) -> None:
         self._schedule_liveness_check()
         now = self.reactor.time()
-        timeout = self.plan.heartbeat_timeout
+        timeout = self.plan.settings.heartbeat_timeout
         for worker in list(self.state.workers.values()):
             if worker.retiring or worker.aborted or now - worker.last_seen <= timeout:
                 continue
@@ -368,7 +368,7 @@ class _Arbiter:
     def _begin_stop(self) -> None:
         """Retire every worker: within graceful_timeout, or the orphan grace once the master is gone."""
         state = self.state
-        grace = orphan_grace(self.plan.graceful_timeout) if self.orphaned else self.plan.graceful_timeout
+        grace = orphan_grace(self.plan.settings.graceful_timeout) if self.orphaned else self.plan.settings.graceful_timeout
         if not state.stopping:
             state.stopping = True
             if state.respawn_timer is not None:

@@ -13,13 +13,13 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from ..accept import HostingOptions, describe_server, make_nonblocking
 from ..hosting import Reactor, Topology
 from ._messages import Command, Event, LineChannel, command, parse
-from ._process import ABORT_GRACE, Plan, describe_exit, fork_with_signals_blocked, reap
+from ._process import ABORT_GRACE, Plan, PoolSettings, describe_exit, fork_with_signals_blocked, reap
 from .arbiter import arbiter_main
 
 __all__ = ["PreforkError", "WorkerBootError"]
@@ -38,37 +38,19 @@ class WorkerBootError(PreforkError):
     """A worker (or an arbiter) failed while starting; respawning stopped instead of looping."""
 
 
-def _fds_of(items: Iterable[int | Any]) -> frozenset[int]:
-    return frozenset(item if isinstance(item, int) else int(item.fileno()) for item in items)
-
-
-class PoolSettings(Protocol):
-    """What the master side reads of its ``Prefork`` (its constructor's arguments)."""
-
-    workers: int
-    threads: int
-    max_requests: int
-    max_requests_jitter: int
-    heartbeat_timeout: float
-    graceful_timeout: float
-    handle_signals: bool
-    keep_fds: tuple[Any, ...]
-    on_worker_start: Callable[[], object] | None
-
-
 class MasterSide:
     """The master's attachment: forks the arbiter, relays commands, tracks worker pids.
 
     Args:
-        prefork: the pool's settings (the ``Prefork``).
-        strategy: the ``Prefork`` as the topology that made this attachment.
+        settings: the pool's settings.
+        strategy: the ``Prefork`` that made this attachment.
         reactor, server, options: what ``Topology.attach`` was given.
         on_detached: called once the pool is gone, so the ``Prefork`` can serve again.
     """
 
-    def __init__(self, prefork: PoolSettings, strategy: Topology, reactor: Reactor, server: Any,
+    def __init__(self, settings: PoolSettings, strategy: Topology, reactor: Reactor, server: Any,
                  options: HostingOptions, on_detached: Callable[[], None]) -> None:
-        self.prefork = prefork
+        self.settings = settings
         self._strategy = strategy
         self._on_detached = on_detached
         self.reactor = reactor
@@ -77,7 +59,7 @@ class MasterSide:
         self.options = options
         self._on_drained: Callable[[], None] | None = None
         self._claimed = False
-        self.target = prefork.workers
+        self.target = settings.workers
         self.workers: set[int] = set()
         self.ready: set[int] = set()
         self.spawned = 0
@@ -103,13 +85,8 @@ class MasterSide:
                 f"{self.name}: refusing to fork while other threads run ({', '.join(others)}); "
                 "add Prefork servers before starting threads (a ThreadPool starts its threads "
                 "with its first request, a Reactor's thread when it is started)")
-        prefork = self.prefork
-        plan = Plan(
-            server=self._server, name=self.name, workers=self.target, threads=prefork.threads,
-            max_requests=prefork.max_requests, max_requests_jitter=prefork.max_requests_jitter,
-            heartbeat_timeout=prefork.heartbeat_timeout, graceful_timeout=prefork.graceful_timeout,
-            on_worker_start=prefork.on_worker_start, options=self.options,
-            master_pid=os.getpid(), keep_fds=_fds_of(prefork.keep_fds))
+        plan = Plan(server=self._server, name=self.name, settings=self.settings, options=self.options,
+                    master_pid=os.getpid())
         # The master never watches the listener, but nothing else on its loop may either.
         self.reactor.claim(self._server.fileno(), self)
         self._claimed = True
@@ -128,7 +105,7 @@ class MasterSide:
         ours.setblocking(False)
         self._channel = LineChannel(ours)
         self.reactor.add_reader(ours, self._on_message)
-        if prefork.handle_signals and threading.current_thread() is threading.main_thread():
+        if self.settings.handle_signals and threading.current_thread() is threading.main_thread():
             self._install_signal_handlers()
         logger.info("%s: arbiter %d started for %d workers", self.name, pid, self.target)
 
@@ -150,7 +127,7 @@ class MasterSide:
         """Hand the shared handlers to another Prefork server on this reactor, or remove them."""
         if not self._signals:
             return
-        heirs = [] if self.reactor.closed else [side for side in self._other_sides() if side.prefork.handle_signals]
+        heirs = [] if self.reactor.closed else [side for side in self._other_sides() if side.settings.handle_signals]
         if heirs:
             heirs[0]._signals, self._signals = self._signals, []
             return
@@ -168,7 +145,7 @@ class MasterSide:
             def run() -> None:
                 for server in reactor.servers:
                     side = reactor.attachment_of(server)
-                    if isinstance(side, MasterSide) and side.prefork.handle_signals:
+                    if isinstance(side, MasterSide) and side.settings.handle_signals:
                         side.send(kind)
             return run
 
@@ -299,7 +276,7 @@ class MasterSide:
             return 0.0
         self._on_drained = on_drained
         self.send(Command.STOP)
-        return self.prefork.graceful_timeout + ABORT_GRACE + 3.0
+        return self.settings.graceful_timeout + ABORT_GRACE + 3.0
 
     def abort(self) -> None:
         """Tell the arbiter to kill its workers now and exit (``detach()`` waits for that)."""

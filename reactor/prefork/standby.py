@@ -80,7 +80,7 @@ def _standby_main(plan: Plan, control: socket.socket, arbiter: int, pipe: int, b
     try:
         forget_inherited_signals()
         ignore_controlled_signals()
-        close_inherited_fds({plan.listener, control.fileno(), pipe, *plan.keep_fds})
+        close_inherited_fds({plan.listener, control.fileno(), pipe, *plan.settings.keep_fds})
         signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # SIGTERM ends a standby; its arbiter replaces it
         takeover = _wait_for_the_arbiter(plan, control, arbiter, pipe, booted_at, backoff)
         if takeover is None:

@@ -67,22 +67,22 @@ def worker_main(plan: Plan, heartbeat: int, death_pipe: int, signal_mask: Signal
     try:
         forget_inherited_signals()
         ignore_controlled_signals()
-        close_inherited_fds({plan.listener, heartbeat, death_pipe, *plan.keep_fds})
+        close_inherited_fds({plan.listener, heartbeat, death_pipe, *plan.settings.keep_fds})
         faulthandler.enable(all_threads=True)  # SIGABRT from the arbiter logs every thread's stack
-        if plan.on_worker_start is not None:
-            plan.on_worker_start()
+        if plan.settings.on_worker_start is not None:
+            plan.settings.on_worker_start()
         reactor = Reactor()
-        inner: Dispatch = (ThreadPool(plan.threads, drain_timeout=plan.graceful_timeout)
-                           if plan.threads else Dispatch())
-        limit = plan.max_requests
-        if limit and plan.max_requests_jitter:
-            limit += random.randint(0, plan.max_requests_jitter)
+        inner: Dispatch = (ThreadPool(plan.settings.threads, drain_timeout=plan.settings.graceful_timeout)
+                           if plan.settings.threads else Dispatch())
+        limit = plan.settings.max_requests
+        if limit and plan.settings.max_requests_jitter:
+            limit += random.randint(0, plan.settings.max_requests_jitter)
         # Only a worker that recycles pays for counting its requests.
         dispatch = _RequestLimit(inner, limit, reactor) if limit else inner
         reactor.add_server(plan.server, dispatch, service_interval=plan.options.service_interval,
                            handle_timeouts=plan.options.handle_timeouts)
         os.set_blocking(heartbeat, False)
-        interval = heartbeat_interval(plan.heartbeat_timeout)
+        interval = heartbeat_interval(plan.settings.heartbeat_timeout)
 
         def beat(marker: bytes = HEARTBEAT) -> None:
             try:
