@@ -12,6 +12,7 @@ byte raises, whatever the chunking. The v2 vectors are built with a small
 from __future__ import annotations
 
 import ast
+import ipaddress
 import random
 import socket
 import struct
@@ -163,6 +164,8 @@ VALID = [
     Valid("v2-proxy-unspec", v2(1, 0x00), proxy(2, None, None, None, None)),
     Valid("v2-proxy-unspec-family-stream", v2(1, 0x01, b"", [tlv(0xE1, b"x")]),
           proxy(2, None, STREAM, None, None, ((0xE1, b"x"),))),
+    Valid("v2-proxy-inet6-unspec-transport", v2(1, 0x20, ADDR6), proxy(2, INET6, None, None, None)),
+    Valid("v2-proxy-unix-unspec-transport", v2(1, 0x30, b"/" * 216), proxy(2, UNIX, None, None, None)),
     Valid("v2-proxy-inet-unspec-transport", v2(1, 0x10, ADDR4, [tlv(0xE1, b"x")]),
           proxy(2, INET, None, None, None, ((0xE1, b"x"),))),
     Valid("v2-tcp4-tlvs", v2(1, 0x11, ADDR4, [tlv(kind, value) for kind, value in MIXED_TLVS]),
@@ -489,19 +492,34 @@ def test_invalid_header_fails_at_its_first_bad_byte(vector: Invalid) -> None:
             parser.feed(data[cut:])
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def test_every_valid_prefix_of_an_address_is_accepted() -> None:
     # The prefix check must never reject the start of a valid address.
     rng = random.Random(1)
     addresses = ["1.2.3.4", "255.255.255.255", "0.0.0.0", "10.200.30.4"]
     addresses6 = ["::", "::1", "1::", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8",
                   "1:2:3:4:5:6:1.2.3.4", "::ffff:255.255.255.255", "1::5:6:7:8:9.9.9.9", "FFFF::abcd"]
-    for _ in range(200):
-        addresses6.append(str(__import__("ipaddress").IPv6Address(rng.getrandbits(128) & rng.choice(
-            [(1 << 128) - 1, (1 << 64) - 1, 0xFFFF_0000_0000_FFFF_0000_0000_0000_FFFF]))))
-    for protocol, texts in ((b"TCP4", addresses), (b"TCP6", addresses6)):
+    for _ in range(150):
+        address = ipaddress.IPv6Address(rng.getrandbits(128) & rng.choice(
+            [(1 << 128) - 1, (1 << 64) - 1, 0xFFFF_0000_0000_FFFF_0000_0000_0000_FFFF]))
+        four = ipaddress.IPv4Address(rng.getrandbits(32))
+        addresses6 += [str(address), address.exploded.upper(), f"{address.exploded[:29]}:{four}",
+                       f"{str(address).rsplit(':', 2)[0]}::{four}".replace(":::", "::")]
+        addresses.append(str(four))
+    addresses6 = [text for text in addresses6 if _is_ipv6(text)]
+    assert len(addresses6) > 400
+    for protocol, short, texts in ((b"TCP4", b"0.0.0.0", addresses), (b"TCP6", b"::", addresses6)):
         for text in texts:
-            line = b"PROXY %s %s %s 1 2\r\n" % (protocol, text.encode(), text.encode())
-            _byte_by_byte(Valid(text, line, ProxyParser().feed(line)))  # type: ignore[arg-type]
+            for line in (b"PROXY %s %s %s 1 2\r\n" % (protocol, text.encode(), short),
+                         b"PROXY %s %s %s 1 2\r\n" % (protocol, short, text.encode())):
+                _byte_by_byte(Valid(text, line, ProxyParser().feed(line)))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- fuzzing
