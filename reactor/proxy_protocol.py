@@ -212,10 +212,6 @@ def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
 
 # ---------------------------------------------------------------- v1 fields
 
-def _fail(message: str) -> ProxyHeaderError:
-    return ProxyHeaderError(message)
-
-
 def _address_prefix_viable(family: int, text: bytes) -> bool:
     """Whether ``text`` can still grow into a valid address of ``family``.
 
@@ -252,7 +248,7 @@ def _valid_address(family: int, text: str) -> bool:
 def _parse_v1_address(family: int, field: bytes) -> str:
     text = field.decode("ascii") if _address_chars(family, field) else ""
     if not _valid_address(family, text):
-        raise _fail(f"v1: invalid address {field[:_IPV6_MAX_TEXT]!r}")
+        raise ProxyHeaderError(f"v1: invalid address {field[:_IPV6_MAX_TEXT]!r}")
     if family == socket.AF_INET:
         return text  # four decimal numbers without leading zeros: already canonical
     return socket.inet_ntop(socket.AF_INET6, ipaddress.IPv6Address(text).packed)
@@ -265,7 +261,7 @@ def _port_prefix_viable(field: bytes) -> bool:
 
 def _parse_v1_port(field: bytes) -> int:
     if not _port_prefix_viable(field):  # bytes.isdigit() is ASCII-only
-        raise _fail(f"v1: invalid port {field[:8]!r}")
+        raise ProxyHeaderError(f"v1: invalid port {field[:8]!r}")
     return int(field)
 
 
@@ -378,7 +374,7 @@ class ProxyParser:
             return 2
         expected = {_ANY: "a PROXY protocol header", _V1: "a v1 PROXY header",
                     _V2: "a v2 PROXY header"}[self._mode]
-        raise _fail(f"not {expected}: first byte {bytes([first])!r}")
+        raise ProxyHeaderError(f"not {expected}: first byte {bytes([first])!r}")
 
     # ------------------------------------------------------------ v1
 
@@ -390,13 +386,13 @@ class ProxyParser:
         if start < len(_V1_MAGIC):
             end = min(len(buf), len(_V1_MAGIC))
             if buf[start:end] != _V1_MAGIC[start:end]:
-                raise _fail(f"v1: the line must start with {_V1_MAGIC!r}")
+                raise ProxyHeaderError(f"v1: the line must start with {_V1_MAGIC!r}")
         end_of_line = self._scan_v1()
         if end_of_line:
             self._remainder = bytes(buf[end_of_line:]) + data[room:]
             return self._v1_header()
         if len(buf) >= V1_MAX_LENGTH:
-            raise _fail(f"v1: no CRLF within the first {V1_MAX_LENGTH} bytes")
+            raise ProxyHeaderError(f"v1: no CRLF within the first {V1_MAX_LENGTH} bytes")
         if not self._ignore_rest and not self._cr:
             self._check_partial_field(bytes(buf[self._field_start:]))
         return None
@@ -407,7 +403,7 @@ class ProxyParser:
         while self._pos < len(buf):
             if self._cr:
                 if buf[self._pos] != 0x0A:
-                    raise _fail("v1: CR not followed by LF")
+                    raise ProxyHeaderError("v1: CR not followed by LF")
                 return self._pos + 1
             pattern = _V1_LINE_END if self._ignore_rest else _V1_DELIMITER
             match = pattern.search(buf, self._pos)
@@ -418,7 +414,7 @@ class ProxyParser:
             self._pos = at + 1
             delimiter = buf[at]
             if delimiter == 0x0A:
-                raise _fail("v1: LF without CR")
+                raise ProxyHeaderError("v1: LF without CR")
             if delimiter == 0x0D:
                 self._cr = True
                 if self._ignore_rest:
@@ -430,10 +426,10 @@ class ProxyParser:
     def _end_field(self, field: bytes, at_line_end: bool) -> None:
         index = len(self._fields)
         if not field:
-            raise _fail("v1: empty field (fields are separated by exactly one space)")
+            raise ProxyHeaderError("v1: empty field (fields are separated by exactly one space)")
         if index == 0:
             if field not in _V1_PROTOCOLS:
-                raise _fail(f"v1: unknown protocol {field[:8]!r} (TCP4, TCP6 or UNKNOWN)")
+                raise ProxyHeaderError(f"v1: unknown protocol {field[:8]!r} (TCP4, TCP6 or UNKNOWN)")
             self._fields.append(field)
             if field == b"UNKNOWN":
                 self._ignore_rest = not at_line_end
@@ -443,9 +439,9 @@ class ProxyParser:
         else:
             self._fields.append(_parse_v1_port(field))
         if at_line_end and index != _V1_LAST_FIELD:
-            raise _fail("v1: the line ends before the destination port")
+            raise ProxyHeaderError("v1: the line ends before the destination port")
         if not at_line_end and index == _V1_LAST_FIELD:
-            raise _fail("v1: CRLF expected after the destination port")
+            raise ProxyHeaderError("v1: CRLF expected after the destination port")
 
     def _v1_family(self) -> int:
         return socket.AF_INET if self._fields[0] == b"TCP4" else socket.AF_INET6
@@ -462,7 +458,7 @@ class ProxyParser:
         else:
             viable = _port_prefix_viable(field)
         if not viable:
-            raise _fail(f"v1: invalid field {field[:_IPV6_MAX_TEXT]!r}")
+            raise ProxyHeaderError(f"v1: invalid field {field[:_IPV6_MAX_TEXT]!r}")
 
     def _v1_header(self) -> ProxyHeader:
         fields = self._fields
@@ -498,17 +494,17 @@ class ProxyParser:
         if start < len(V2_SIGNATURE):
             end = min(have, len(V2_SIGNATURE))
             if buf[start:end] != V2_SIGNATURE[start:end]:
-                raise _fail("v2: bad signature")
+                raise ProxyHeaderError("v2: bad signature")
         if start <= 12 < have:
             if buf[12] >> 4 != _V2_VERSION:
-                raise _fail(f"v2: version {buf[12] >> 4} (only 2 is defined)")
+                raise ProxyHeaderError(f"v2: version {buf[12] >> 4} (only 2 is defined)")
             if buf[12] & 0xF not in (_CMD_LOCAL, _CMD_PROXY):
-                raise _fail(f"v2: unknown command {buf[12] & 0xF:#x}")
+                raise ProxyHeaderError(f"v2: unknown command {buf[12] & 0xF:#x}")
         if start <= 13 < have:
             if buf[13] >> 4 not in _FAMILIES:
-                raise _fail(f"v2: unknown address family {buf[13] >> 4:#x}")
+                raise ProxyHeaderError(f"v2: unknown address family {buf[13] >> 4:#x}")
             if buf[13] & 0xF not in _TRANSPORTS:
-                raise _fail(f"v2: unknown transport {buf[13] & 0xF:#x}")
+                raise ProxyHeaderError(f"v2: unknown transport {buf[13] & 0xF:#x}")
         if start < _V2_FIXED <= have:
             self._start_body()
         if self._total:
@@ -523,7 +519,7 @@ class ProxyParser:
         block = _ADDRESS_BLOCK[buf[13] >> 4]
         if buf[12] & 0xF == _CMD_PROXY:
             if block > length:
-                raise _fail(f"v2: length {length} cannot hold the {block}-byte address block")
+                raise ProxyHeaderError(f"v2: length {length} cannot hold the {block}-byte address block")
             tlv_start = _V2_FIXED + block
         elif buf[13] == 0x00:
             tlv_start = _V2_FIXED  # LOCAL, AF_UNSPEC: everything after the fixed part is TLVs
@@ -531,7 +527,7 @@ class ProxyParser:
             return  # LOCAL naming a family: the block is skipped unparsed
         if tlv_start < self._total:
             if self._total - tlv_start < _TLV_HEADER:
-                raise _fail("v2: bytes after the address block are too few for a TLV")
+                raise ProxyHeaderError("v2: bytes after the address block are too few for a TLV")
             self._tlv_pos = tlv_start
 
     def _check_unix_source(self) -> None:
@@ -549,16 +545,16 @@ class ProxyParser:
             length = int.from_bytes(buf[pos + 1:pos + 3], "big")
             end = pos + _TLV_HEADER + length
             if end > self._total:
-                raise _fail(f"v2: TLV {kind:#04x} of {length} bytes overruns the header")
+                raise ProxyHeaderError(f"v2: TLV {kind:#04x} of {length} bytes overruns the header")
             if 0 < self._total - end < _TLV_HEADER:
-                raise _fail(f"v2: {self._total - end} bytes after TLV {kind:#04x} are too few for a TLV")
+                raise ProxyHeaderError(f"v2: {self._total - end} bytes after TLV {kind:#04x} are too few for a TLV")
             if kind == PP2_TYPE_CRC32C:
                 if length != 4:
-                    raise _fail(f"v2: CRC32c TLV of {length} bytes (4 expected)")
+                    raise ProxyHeaderError(f"v2: CRC32c TLV of {length} bytes (4 expected)")
                 if self._crc_at >= 0:
-                    raise _fail("v2: more than one CRC32c TLV")
+                    raise ProxyHeaderError("v2: more than one CRC32c TLV")
             elif kind == PP2_TYPE_UNIQUE_ID and length > _UNIQUE_ID_MAX:
-                raise _fail(f"v2: UNIQUE_ID TLV of {length} bytes (at most {_UNIQUE_ID_MAX})")
+                raise ProxyHeaderError(f"v2: UNIQUE_ID TLV of {length} bytes (at most {_UNIQUE_ID_MAX})")
             if end > len(buf):
                 break  # the header was fine; wait for the value
             if kind == PP2_TYPE_SSL:
@@ -575,7 +571,7 @@ class ProxyParser:
             received = int.from_bytes(buf[self._crc_at:self._crc_at + 4], "big")
             zeroed = buf[:self._crc_at] + b"\0\0\0\0" + buf[self._crc_at + 4:]
             if crc32c(zeroed) != received:
-                raise _fail("v2: CRC32c mismatch")
+                raise ProxyHeaderError("v2: CRC32c mismatch")
         tlvs = tuple((kind, bytes(buf[at:at + length])) for kind, at, length in self._tlvs)
         if buf[12] & 0xF == _CMD_LOCAL:
             return ProxyHeader(2, "LOCAL", None, None, None, None, tlvs)
@@ -601,18 +597,18 @@ def _unix_path(buf: bytearray, offset: int, which: str) -> str:
     field = bytes(buf[offset:offset + _UNIX_PATH])
     end = field.find(b"\0")
     if end < 0:
-        raise _fail(f"v2: the Unix {which} path is not NUL-terminated within {_UNIX_PATH} bytes")
+        raise ProxyHeaderError(f"v2: the Unix {which} path is not NUL-terminated within {_UNIX_PATH} bytes")
     return field[:end].decode("utf-8", "surrogateescape")
 
 
 def _check_ssl_value(value: bytes) -> None:
     """A PP2_TYPE_SSL value: client (1 byte), verify (4 bytes), then whole sub-TLVs."""
     if len(value) < _SSL_FIXED:
-        raise _fail(f"v2: SSL TLV of {len(value)} bytes (at least {_SSL_FIXED})")
+        raise ProxyHeaderError(f"v2: SSL TLV of {len(value)} bytes (at least {_SSL_FIXED})")
     pos = _SSL_FIXED
     while pos < len(value):
         if pos + _TLV_HEADER > len(value):
-            raise _fail("v2: truncated sub-TLV in the SSL TLV")
+            raise ProxyHeaderError("v2: truncated sub-TLV in the SSL TLV")
         pos += _TLV_HEADER + int.from_bytes(value[pos + 1:pos + 3], "big")
         if pos > len(value):
-            raise _fail("v2: a sub-TLV overruns the SSL TLV")
+            raise ProxyHeaderError("v2: a sub-TLV overruns the SSL TLV")
