@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pki import Pki, make_pki
 from support import TESTS_DIR, ResourceSnapshot, check_leaks, short_unix_dir, take_snapshot
 
 #: How long teardown waits for the test's threads to finish, its children to
@@ -98,3 +99,9 @@ def unix_dir() -> Iterator[str]:
     paths, far below the 108-byte sun_path limit; removed afterwards."""
     with short_unix_dir() as path:
         yield path
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throwaway CA and a server certificate for 127.0.0.1 (made once per session with openssl)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
