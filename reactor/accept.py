@@ -50,12 +50,13 @@ import logging
 import os
 import socket
 import socketserver as _stdlib_socketserver
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._ratelimit import RateLimitedLog
 from ._timers import TimerHandle
+from .admission import Admission, AdmissionOptions
 from .loop import EventLoop
 
 __all__ = [
@@ -85,6 +86,8 @@ class PauseReason(str, enum.Enum):
     RECYCLING = "max_requests"
     #: Leaving the loop: no request is taken any more.
     DRAINING = "draining"
+    #: ``max_connections`` open connections: the kernel backlog holds the rest.
+    AT_CAPACITY = "max_connections"
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,18 @@ class HostingOptions:
             requests); None calls it only after requests.
         handle_timeouts: call ``handle_timeout()`` whenever the server has a
             ``timeout`` and that many seconds pass without a request.
+        admission: what happens to a stream server's new connections before
+            any hook sees them (access, limits, PROXY, TLS, deadlines).
     """
 
     service_interval: float | None = 0.5
     handle_timeouts: bool = True
+    admission: AdmissionOptions = AdmissionOptions()
+
+    def keywords(self) -> dict[str, Any]:
+        """These options as ``Reactor.add_server`` keywords (to host the same server elsewhere)."""
+        flat = {field.name: getattr(self.admission, field.name) for field in fields(self.admission)}
+        return dict(flat, service_interval=self.service_interval, handle_timeouts=self.handle_timeouts)
 
 
 def describe_server(server: Any) -> str:
@@ -152,6 +163,8 @@ def process_request_safely(server: Any, request: Any, client_address: Any,
             lost = _lost_datagram_reply(request, exc) if hosted is not None else None
             if lost is not None and hosted is not None:
                 hosted.reply_lost(client_address, lost)
+            elif hosted is not None and isinstance(exc, TimeoutError) and hosted.has_io_timeout:
+                hosted.io_timed_out(client_address, exc)
             else:
                 server.handle_error(request, client_address)
         finally:
@@ -258,6 +271,8 @@ class HostedServer:
         self._calls_service_actions = _overrides(server, "service_actions")
         self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0}
         self._lost_replies = RateLimitedLog(logger)
+        self._admission: Admission | None = None
+        self._patched_close_request: Callable[[Any], None] | None = None
         self._drops = RateLimitedLog(logger)
 
     @property
@@ -277,8 +292,24 @@ class HostedServer:
 
     def stats(self) -> dict[str, int]:
         """Counters: requests taken, requests lost before they were taken,
-        datagram replies the peer could not take, exhaustion pauses."""
-        return dict(self._counts, requests=self.requests_taken)
+        datagram replies the peer could not take, exhaustion pauses; with
+        admission, connections admitted and refused by cause, and open now."""
+        counts = dict(self._counts, requests=self.requests_taken)
+        if self._admission is not None:
+            counts.update(open=self._admission.open, admitting=self._admission.pending)
+        return counts
+
+    @property
+    def has_io_timeout(self) -> bool:
+        """True when handed-over connections carry an ``io_timeout``."""
+        return self._options.admission.io_timeout is not None
+
+    def io_timed_out(self, client_address: Any, exc: TimeoutError) -> None:
+        """Count a handler that gave up on a silent client after ``io_timeout``; logged rate-limited."""
+        self._counts["io_timeouts"] = self._counts.get("io_timeouts", 0) + 1
+        self._lost_replies.warning(
+            "io_timeout", "%s: closed the connection of %r: no I/O within io_timeout=%ss (%d so far)",
+            self.name, client_address, self._options.admission.io_timeout, self._counts["io_timeouts"])
 
     def reply_lost(self, client_address: Any, exc: OSError) -> None:
         """Count a datagram reply the peer could not take; logged rate-limited."""
@@ -295,6 +326,8 @@ class HostedServer:
         self._claimed = True
         self._restore_mode = make_nonblocking(self._server, self._fd)
         self._started = True
+        if self._options.admission.active:
+            self._start_admission()
         self._dispatch.bind(self)
         self._bound = True  # detach undoes only what start did: a refused bind leaves the pool alone
         hosting_started = getattr(self._server, "hosting_started", None)
@@ -317,6 +350,8 @@ class HostedServer:
         """
         self._cancel_timers()
         self.pause(PauseReason.DRAINING)
+        if self._admission is not None:
+            self._admission.close_all()
         if not self._bound:
             on_drained()
             return 0.0
@@ -345,6 +380,10 @@ class HostedServer:
                 self._bound = False
                 self._dispatch.unbind(self)
         finally:
+            if self._patched_close_request is not None:
+                if vars(self._server).get("close_request") is self._patched_close_request:
+                    del self._server.close_request
+                self._patched_close_request = None
             if self._restore_mode is not None:
                 self._restore_mode()
                 self._restore_mode = None
@@ -411,6 +450,9 @@ class HostedServer:
             if self._exhaustion_retries:
                 self._on_recovered()
             if isinstance(request, socket.socket):
+                if self._admission is not None:
+                    self._admission.take(request, client_address)
+                    continue
                 # BSD and macOS hand out accepted sockets with the listener's
                 # O_NONBLOCK; re-applying the socket's own timeout makes the
                 # descriptor agree with what the handler expects.
@@ -421,6 +463,42 @@ class HostedServer:
             self._last_activity = reactor.time()
             if self._calls_service_actions and self._started:
                 server.service_actions()
+
+    # -- admission -----------------------------------------------------------
+
+    def _start_admission(self) -> None:
+        sock = getattr(self._server, "socket", None)
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"{self.name}: connection options (TLS, PROXY, limits, timeouts) "
+                             "apply to stream servers only")
+        admission = Admission(self.reactor, self.name, self._options.admission, sock.family,
+                              self._submit_admitted, self._counts, self._pause_at_capacity)
+        original = self._server.close_request
+
+        def close_request(request: Any) -> None:
+            try:
+                original(request)
+            finally:
+                admission.closed(request)
+
+        # Every connection ends in close_request (shutdown_request calls it;
+        # a ForkingMixIn parent calls it alone), in whichever thread: that is
+        # where it stops counting against the limits.
+        self._server.close_request = close_request
+        self._patched_close_request = close_request
+        self._admission = admission
+
+    def _submit_admitted(self, request: socket.socket, client_address: Any) -> None:
+        if not self._started or PauseReason.DRAINING in self._pause_reasons:
+            self._server.shutdown_request(request)  # admitted as the server began leaving
+            return
+        self._dispatch.submit(self, request, client_address)
+
+    def _pause_at_capacity(self, paused: bool) -> None:
+        if paused:
+            self.pause(PauseReason.AT_CAPACITY)
+        else:
+            self.resume(PauseReason.AT_CAPACITY)
 
     def _on_dropped(self, exc: OSError) -> None:
         # A peer that resets before we take its connection is routine; a TLS

@@ -34,12 +34,16 @@ import logging
 import selectors
 import socketserver as _stdlib_socketserver
 import threading
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._timers import TimerHandle
 from .accept import Dispatch, HostedServer, HostingOptions, Inline, describe_server
+from .admission import AdmissionOptions
 from .loop import EventLoop
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Attachment", "Reactor", "Topology"]
 
@@ -136,6 +140,17 @@ class Reactor(EventLoop):
         *,
         service_interval: float | None = 0.5,
         handle_timeouts: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+        proxy_protocol: str | None = None,
+        proxy_trusted: Iterable[str] = (),
+        header_timeout: float = 5.0,
+        allow: Iterable[str] = (),
+        deny: Iterable[str] = (),
+        max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
+        wait_for_data: float | None = None,
+        io_timeout: float | None = None,
     ) -> None:
         """Host a socketserver-style server: take and handle its requests when its socket is readable.
 
@@ -161,6 +176,29 @@ class Reactor(EventLoop):
                 (socketserver's own ``serve_forever`` never does, so its
                 drop-in passes False.)
 
+        Connection options, for stream servers (TCP v4/v6, Unix stream; see
+        ``reactor.admission``): each new connection is admitted by the loop,
+        without blocking and under deadlines, before ``verify_request`` sees it.
+
+        Args:
+            ssl_context: serve TLS: the handshake runs in the loop, and the
+                handler gets an ``ssl.SSLSocket`` (SNI and ALPN through the context).
+            handshake_timeout: seconds a TLS handshake may take.
+            proxy_protocol: expect a PROXY protocol header: ``"v1"``, ``"v2"``
+                or ``"any"``; then ``client_address`` is the proxied client's.
+            proxy_trusted: networks a PROXY header is accepted from (empty: any peer).
+            header_timeout: seconds the PROXY header may take.
+            allow, deny: networks (``"10.0.0.0/8"``, ``"::1/128"``), or
+                ``"uid:N"``/``"gid:N"`` peer credentials on Unix listeners;
+                deny wins, and a non-empty allow list refuses everyone else.
+            max_connections: open connections at most; at the cap the
+                listener pauses and the kernel backlog holds the rest.
+            max_connections_per_ip: open connections at most per client IP.
+            wait_for_data: hand a connection over only once its client sent
+                something, within this many seconds (None: at once).
+            io_timeout: the timeout of the handler's socket, so no client holds
+                a worker or the loop longer than that (None: blocking).
+
         Raises:
             ValueError: the server or its descriptor is already in this reactor.
             TypeError: ``dispatch`` is neither a Dispatch nor a Topology.
@@ -174,7 +212,13 @@ class Reactor(EventLoop):
         fd = server.fileno()
         if self.is_claimed(fd) or self.is_watched(fd):
             raise ValueError(f"descriptor {fd} of {describe_server(server)} is already watched by this reactor")
-        options = HostingOptions(service_interval=service_interval, handle_timeouts=handle_timeouts)
+        admission = AdmissionOptions(
+            ssl_context=ssl_context, handshake_timeout=handshake_timeout, proxy_protocol=proxy_protocol,
+            proxy_trusted=tuple(proxy_trusted), header_timeout=header_timeout, allow=tuple(allow),
+            deny=tuple(deny), max_connections=max_connections, max_connections_per_ip=max_connections_per_ip,
+            wait_for_data=wait_for_data, io_timeout=io_timeout)
+        options = HostingOptions(service_interval=service_interval, handle_timeouts=handle_timeouts,
+                                 admission=admission)
         strategy = dispatch if dispatch is not None else Inline()
         attachment: Attachment
         if isinstance(strategy, Topology):

@@ -42,6 +42,7 @@ LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "acce
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     LEAF_MODULES,
     ("binding", "loop"),
+    ("admission",),
     ("accept",),
     ("hosting",),
     ("dispatch",),
@@ -55,6 +56,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
 FORBIDDEN = {
     "loop": {"accept", "hosting", "binding", "socketserver", "dispatch", "prefork"},
     "binding": {"loop", "accept", "hosting", "socketserver", "dispatch", "prefork"},
+    "admission": {"accept", "hosting", "socketserver", "dispatch", "prefork"},
     "accept": {"hosting", "socketserver", "dispatch", "prefork"},
     "hosting": {"socketserver", "dispatch", "prefork"},
 }

@@ -79,8 +79,7 @@ def worker_main(plan: Plan, heartbeat: int, death_pipe: int, signal_mask: Signal
             limit += random.randint(0, plan.settings.max_requests_jitter)
         # Only a worker that recycles pays for counting its requests.
         dispatch = _RequestLimit(inner, limit, reactor) if limit else inner
-        reactor.add_server(plan.server, dispatch, service_interval=plan.options.service_interval,
-                           handle_timeouts=plan.options.handle_timeouts)
+        reactor.add_server(plan.server, dispatch, **plan.options.keywords())
         os.set_blocking(heartbeat, False)
         interval = heartbeat_interval(plan.settings.heartbeat_timeout)
 
