@@ -1,0 +1,27 @@
+"""The connections example (examples/connections.py): admission, in a fresh interpreter."""
+
+from __future__ import annotations
+
+from support import REPO_ROOT, run_python
+
+EXAMPLE = REPO_ROOT / "examples" / "connections.py"
+
+
+def test_connections_example_admits_proxied_clients_and_closes_idle_ones() -> None:
+    result = run_python(EXAMPLE, "--once", timeout=60)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("listening on tcp4 127.0.0.1:") and "(echo, wait_for_data=2)" in lines[0]
+    assert lines[1].startswith("listening on tcp4 127.0.0.1:") and "(http.server behind PROXY v1)" in lines[1]
+    assert lines[2:] == [
+        "idle client connected to the echo server and says nothing",
+        lines[3],
+        "proxied request answered: hello, 192.0.2.10",
+        "echo answered meanwhile: STILL ANSWERING",
+        "the idle client was closed after wait_for_data: True",
+        "a client outside the allow list got: b''",
+        "http stats: admitted=1 refused_by_rule=1",
+        "echo stats: admitted=1 timeouts=1",
+        "stopped",
+    ]
+    assert lines[3].startswith("http.server log: 192.0.2.10 \"GET / HTTP/1.0\" 200")
