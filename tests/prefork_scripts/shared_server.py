@@ -32,6 +32,13 @@ from reactor import Prefork, Reactor, ThreadPool, socketserver
 from support import child_pids
 
 
+class ReusableTCPServer(socketserver.TCPServer):
+    # Its connections then carry SO_REUSEADDR too, so one left in TIME_WAIT
+    # (or FIN_WAIT) by the test's request does not hold the port: only a
+    # socket still LISTENing on it (a child that kept the listener) does.
+    allow_reuse_address = True
+
+
 def inode(server: socketserver.BaseServer) -> str:
     return os.readlink(f"/proc/self/fd/{server.fileno()}")
 
@@ -50,7 +57,7 @@ def main() -> int:
     logging.getLogger().addHandler(file_handler)
     kept = open(kept_path, "w")
 
-    pooled = socketserver.TCPServer(("127.0.0.1", 0), PidStreamHandler)
+    pooled = ReusableTCPServer(("127.0.0.1", 0), PidStreamHandler)
     udp = socketserver.UDPServer(("127.0.0.1", 0), PidDatagramHandler)
     a = socketserver.TCPServer(("127.0.0.1", 0), PidStreamHandler)
     b = socketserver.UnixStreamServer(os.path.join(args.dir, "b.sock"), PidStreamHandler)
