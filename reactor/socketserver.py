@@ -387,26 +387,24 @@ class BaseServer(_std.BaseServer):
         with self._serving_lock:
             reactor = self._serving_reactor
             host = self._host
-            if reactor is None and host is None:
-                self._shutdown_requested = True
-                return
+            if reactor is None:
+                if host is None:
+                    self._shutdown_requested = True
+                    return
+            else:
+                if not self._stop_sent:
+                    # Only once: stop() while serve_forever() drains the
+                    # dispatch would abort the requests in flight.
+                    self._stop_sent = True
+                    reactor.stop()
+                # Waiting from the serving thread, or from a worker whose request
+                # serve_forever() must drain before returning, would deadlock.
+                from_own_thread = self._serving_thread == threading.get_ident() or (
+                    isinstance(self.dispatch, Dispatch) and self.dispatch.owns_current_thread())
         if reactor is None:
             assert host is not None
-            host.shutdown_server(self)
-            return
-        with self._serving_lock:
-            if self._serving_reactor is not reactor:
-                return  # serve_forever() ended meanwhile
-            if not self._stop_sent:
-                # Only once: stop() while serve_forever() drains the dispatch
-                # would abort the requests in flight.
-                self._stop_sent = True
-                reactor.stop()
-            # Waiting from the serving thread, or from a worker whose request
-            # serve_forever() must drain before returning, would deadlock.
-            from_own_thread = self._serving_thread == threading.get_ident() or (
-                isinstance(self.dispatch, Dispatch) and self.dispatch.owns_current_thread())
-        if not from_own_thread:
+            host.shutdown_server(self)  # outside the lock: it may wait for the host's loop
+        elif not from_own_thread:
             self._serving_done.wait()
 
     def hosting_started(self, hosted: HostedServer) -> None:
