@@ -270,10 +270,11 @@ class HostedServer:
         self._last_activity = reactor.time()
         self._calls_service_actions = _overrides(server, "service_actions")
         self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0}
-        self._lost_replies = RateLimitedLog(logger)
+        #: One rate limit per cause (an errno, an exception class, "io_timeout") for everything
+        #: a client can make this server warn about.
+        self._warnings = RateLimitedLog(logger)
         self._admission: Admission | None = None
         self._patched_close_request: Callable[[Any], None] | None = None
-        self._drops = RateLimitedLog(logger)
 
     @property
     def server(self) -> Any:
@@ -307,14 +308,14 @@ class HostedServer:
     def io_timed_out(self, client_address: Any, exc: TimeoutError) -> None:
         """Count a handler that gave up on a silent client after ``io_timeout``; logged rate-limited."""
         self._counts["io_timeouts"] = self._counts.get("io_timeouts", 0) + 1
-        self._lost_replies.warning(
+        self._warnings.warning(
             "io_timeout", "%s: closed the connection of %r: no I/O within io_timeout=%ss (%d so far)",
             self.name, client_address, self._options.admission.io_timeout, self._counts["io_timeouts"])
 
     def reply_lost(self, client_address: Any, exc: OSError) -> None:
         """Count a datagram reply the peer could not take; logged rate-limited."""
         self._counts["replies_lost"] += 1
-        self._lost_replies.warning(
+        self._warnings.warning(
             exc.errno, "%s: a reply to %r was lost: %s (%d lost so far)",
             self.name, client_address, exc.strerror or exc, self._counts["replies_lost"])
 
@@ -506,7 +507,7 @@ class HostedServer:
         # no usable certificate would otherwise drop every client silently.
         self._counts["dropped"] += 1
         if not isinstance(exc, RequestDropped) and (exc.errno is None or type(exc).__module__ == "ssl"):
-            self._drops.warning(type(exc).__name__, "%s: dropped a connection while taking it: %s (%d dropped so far)",
+            self._warnings.warning(type(exc).__name__, "%s: dropped a connection while taking it: %s (%d dropped so far)",
                                 self.name, exc, self._counts["dropped"])
 
     def _on_exhausted(self, exc: OSError) -> None:
