@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 #: How often the master looks for the exit of a dead arbiter's workers it adopted (as a subreaper).
 _ORPHAN_POLL = 0.1
+#: After its control socket closed, how often and how many times the master looks for the
+#: arbiter's exit status before reporting it as still running (at most half a second).
+_EXIT_STATUS_POLL = 0.01
+_EXIT_STATUS_POLLS = 50
 
 
 class PreforkError(RuntimeError):
@@ -227,10 +231,16 @@ class MasterSide:
         if self._orphans and not self.reactor.closed:
             self._orphan_timer = self.reactor.call_later(_ORPHAN_POLL, self._reap_orphans)
 
-    def _on_arbiter_gone(self) -> None:
+    def _on_arbiter_gone(self, attempt: int = 0) -> None:
+        # The control socket reaches EOF while the kernel is still tearing the
+        # arbiter down: give its exit status a moment to become reapable, so
+        # the log says how it died.
         self._close_channel()
         arbiter_pid = self.arbiter_pid
         code = self._reap_arbiter(block=False)
+        if code is None and arbiter_pid is not None and attempt < _EXIT_STATUS_POLLS:
+            self.reactor.call_later(_EXIT_STATUS_POLL, self._on_arbiter_gone, attempt + 1)
+            return
         shown = describe_exit(code) if code is not None else "still running"
         logger.error("%s: the arbiter %s exited unexpectedly (%s) and no standby took over; "
                      "its workers stop by themselves", self.name, arbiter_pid, shown)
