@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from . import socketserver
 from .accept import HostingOptions
+from .admission import AdmissionOptions, RequestInfo, request_info
 from .dispatch import Dispatch, Inline, ThreadPool
 from .hosting import Reactor, Topology
 from .loop import EventLoop
 from .prefork import Prefork, PreforkError, WorkerBootError
 
 __all__ = [
-    "Dispatch", "EventLoop", "HostingOptions", "Inline", "Prefork", "PreforkError", "Reactor", "ThreadPool",
-    "Topology", "WorkerBootError", "socketserver",
+    "AdmissionOptions", "Dispatch", "EventLoop", "HostingOptions", "Inline", "Prefork", "PreforkError", "Reactor",
+    "RequestInfo", "ThreadPool", "Topology", "WorkerBootError", "request_info", "socketserver",
 ]
 __version__ = "0.1.0"

@@ -50,7 +50,7 @@ import logging
 import os
 import socket
 import socketserver as _stdlib_socketserver
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
@@ -110,8 +110,8 @@ class HostingOptions:
 
     def keywords(self) -> dict[str, Any]:
         """These options as ``Reactor.add_server`` keywords (to host the same server elsewhere)."""
-        flat = {field.name: getattr(self.admission, field.name) for field in fields(self.admission)}
-        return dict(flat, service_interval=self.service_interval, handle_timeouts=self.handle_timeouts)
+        return dict(self.admission.keywords(), service_interval=self.service_interval,
+                    handle_timeouts=self.handle_timeouts)
 
 
 def describe_server(server: Any) -> str:

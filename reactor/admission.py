@@ -38,7 +38,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from ._ratelimit import RateLimitedLog
@@ -101,6 +101,10 @@ class AdmissionOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None")
+
+    def keywords(self) -> dict[str, Any]:
+        """These options as ``Reactor.add_server`` keywords."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
     @property
     def active(self) -> bool:

@@ -36,7 +36,9 @@ What differs, on purpose:
 * Bind errors name the address (``Address already in use: cannot bind tcp4
   127.0.0.1:8000``), with the same exception type and errno as before.
 * Every server takes a keyword-only ``dispatch`` strategy (see
-  :mod:`reactor.dispatch`) used by ``serve_forever()``.
+  :mod:`reactor.dispatch`) used by ``serve_forever()``, and stream servers a
+  keyword-only ``connection_options=AdmissionOptions(...)`` (TLS, PROXY protocol,
+  access rules, limits, deadlines; see :mod:`reactor.admission`).
 * ``request_queue_size`` (the listen backlog of TCP and Unix stream servers)
   defaults to ``socket.SOMAXCONN`` instead of 5: connections that arrive
   while the loop is busy, or while a full ``ThreadPool`` has paused accepting,
@@ -67,6 +69,7 @@ from typing import Any, Callable, Protocol
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._platform import HAS_FORK, HAS_RECVMSG_TRUNC, HAS_UNIX_SOCKETS, pidfd_available
 from .accept import Dispatch, HostedServer, PauseReason, describe_server, process_request_safely
+from .admission import AdmissionOptions
 from .binding import UnixSocketPath, bind_socket, family_for_address
 from .hosting import Reactor, Topology
 
@@ -310,12 +313,17 @@ class BaseServer(_std.BaseServer):
 
     #: Where ``serve_forever()`` runs requests; None runs them inline.
     dispatch: Dispatch | Topology | None
+    #: How ``serve_forever()`` admits a stream server's connections (TLS,
+    #: PROXY protocol, access rules, limits, deadlines); None admits at once.
+    connection_options: AdmissionOptions | None
 
     def __init__(self, server_address: Any, RequestHandlerClass: _HandlerFactory, *,
-                 dispatch: Dispatch | Topology | None = None) -> None:
+                 dispatch: Dispatch | Topology | None = None,
+                 connection_options: AdmissionOptions | None = None) -> None:
         # Explicit: in TCPServer's MRO, super() here is the stdlib TCPServer.
         _std.BaseServer.__init__(self, server_address, RequestHandlerClass)
         self.dispatch = dispatch
+        self.connection_options = connection_options
         self._serving_lock = threading.RLock()
         self._serving_reactor: Reactor | None = None
         self._serving_thread: int | None = None
@@ -356,7 +364,9 @@ class BaseServer(_std.BaseServer):
         try:
             # Shut down before it started: return without binding a dispatch.
             if not reactor.stopping:
-                reactor.add_server(self, self.dispatch, service_interval=poll_interval, handle_timeouts=False)
+                admission = self.connection_options.keywords() if self.connection_options is not None else {}
+                reactor.add_server(self, self.dispatch, service_interval=poll_interval, handle_timeouts=False,
+                                   **admission)
                 try:
                     reactor.serve_forever()
                 finally:
@@ -452,8 +462,11 @@ class TCPServer(BaseServer, _std.TCPServer):
     socket_mode: int | None = None
 
     def __init__(self, server_address: Any, RequestHandlerClass: _HandlerFactory,
-                 bind_and_activate: bool = True, *, dispatch: Dispatch | Topology | None = None) -> None:
-        BaseServer.__init__(self, server_address, RequestHandlerClass, dispatch=dispatch)
+                 bind_and_activate: bool = True, *, dispatch: Dispatch | Topology | None = None,
+                 connection_options: AdmissionOptions | None = None) -> None:
+        if connection_options is not None and self.socket_type != socket.SOCK_STREAM:
+            raise ValueError(f"{type(self).__name__}: connection_options= applies to stream servers only")
+        BaseServer.__init__(self, server_address, RequestHandlerClass, dispatch=dispatch, connection_options=connection_options)
         family = family_for_address(server_address, self.address_family)
         if family != self.address_family:
             self.address_family = family
@@ -541,10 +554,11 @@ if HAS_UNIX_SOCKETS:
 
         def __init__(self, server_address: Any, RequestHandlerClass: _HandlerFactory,
                      bind_and_activate: bool = True, *, dispatch: Dispatch | Topology | None = None,
-                     mode: int | None = None) -> None:
+                     mode: int | None = None, connection_options: AdmissionOptions | None = None) -> None:
             if mode is not None:
                 self.socket_mode = mode
-            super().__init__(server_address, RequestHandlerClass, bind_and_activate, dispatch=dispatch)
+            super().__init__(server_address, RequestHandlerClass, bind_and_activate, dispatch=dispatch,
+                             connection_options=connection_options)
 
     class UnixDatagramServer(UDPServer, _std.UnixDatagramServer):
         """Datagram server on a Unix socket path or (Linux) abstract name.

@@ -513,3 +513,38 @@ def test_prefork_workers_admit_connections_with_the_same_options() -> None:
     assert client == "192.0.2.1", "the worker read the PROXY header"
     assert int(worker) != master, "served by a worker, not the master"
     assert refused_reply == "", "the worker applied the deny list to the proxied client"
+
+
+# ---------------------------------------------------------------- standalone compat servers
+
+def test_a_standalone_compat_server_takes_connection_options(pki: Pki) -> None:
+    from reactor import AdmissionOptions
+
+    options = AdmissionOptions(ssl_context=pki.server_context(), wait_for_data=JOIN_TIMEOUT,
+                               deny=["192.0.2.0/24"], proxy_protocol="v1")
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo, connection_options=options)
+    thread = threading.Thread(target=server.serve_forever, name="serve_forever")
+    thread.start()
+    try:
+        with connect(server.server_address) as raw:
+            raw.sendall(proxy_v1("198.51.100.3", 3333))
+            with pki.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"over tls\n")
+                assert tls.makefile("rb").readline() == b"OVER TLS\n"
+        with connect(server.server_address) as denied:
+            denied.sendall(proxy_v1("192.0.2.200", 1))
+            with contextlib.suppress(ConnectionError):
+                assert denied.recv(10) == b""
+    finally:
+        server.shutdown()
+        thread.join(JOIN_TIMEOUT)
+        server.server_close()
+    assert not thread.is_alive()
+
+
+def test_connection_options_on_a_standalone_datagram_server_are_refused() -> None:
+    from reactor import AdmissionOptions
+
+    with pytest.raises(ValueError, match="stream servers"):
+        socketserver.UDPServer(("127.0.0.1", 0), socketserver.DatagramRequestHandler,
+                               connection_options=AdmissionOptions(io_timeout=1))
