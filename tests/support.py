@@ -99,6 +99,27 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:g}s: {text}")
 
 
+# ---------------------------------------------------------------- a reactor in a thread
+
+@contextlib.contextmanager
+def reactor_thread(reactor: Any, *, close: bool = True, timeout: float = 10.0) -> Iterator[threading.Thread]:
+    """Run ``reactor.serve_forever()`` in a thread named ``reactor`` for the block.
+
+    Afterwards: ``stop()``, join (failing the test if ``serve_forever()`` does
+    not return within ``timeout``) and, with ``close``, ``close()`` the reactor.
+    """
+    thread = threading.Thread(target=reactor.serve_forever, name="reactor")
+    thread.start()
+    try:
+        yield thread
+    finally:
+        reactor.stop()
+        thread.join(timeout)
+        assert not thread.is_alive(), "serve_forever() did not return after stop()"
+        if close:
+            reactor.close()
+
+
 # ---------------------------------------------------------------- unix sockets
 
 @contextlib.contextmanager

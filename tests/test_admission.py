@@ -26,7 +26,7 @@ import pytest
 from reactor import Reactor, ThreadPool, socketserver
 from pki import Pki
 from reactor.admission import request_info
-from support import ipv6_available, run_python, wait_for
+from support import ipv6_available, reactor_thread, run_python, wait_for
 
 CURL = shutil.which("curl")
 
@@ -48,19 +48,6 @@ class Held(socketserver.StreamRequestHandler):
         self.server.running.release()  # type: ignore[attr-defined]
         if self.server.release.wait(JOIN_TIMEOUT):  # type: ignore[attr-defined]
             self.wfile.write(b"released\n")
-
-
-@contextlib.contextmanager
-def serving(reactor: Reactor) -> Iterator[None]:
-    thread = threading.Thread(target=reactor.serve_forever, name="reactor")
-    thread.start()
-    try:
-        yield
-    finally:
-        reactor.stop()
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive()
-        reactor.close()
 
 
 def connect(address: Any, source: str | None = None) -> socket.socket:
@@ -120,7 +107,7 @@ def test_deny_refuses_and_counts_while_others_are_served(family: str, unix_dir: 
     server = make_server(family, unix_dir)
     deny = {"tcp4": ["127.0.0.0/8"], "tcp6": ["::1/128"], "unix": [f"uid:{os.getuid()}"]}[family]
     reactor.add_server(server, allow=(), deny=deny)
-    with serving(reactor):
+    with reactor_thread(reactor):
         for _ in range(3):
             assert refused(server.server_address)
             assert ask(witness.server_address) == b"PING\n"
@@ -141,7 +128,7 @@ def test_allow_admits_the_listed_and_refuses_everyone_else(family: str, unix_dir
     no = {"tcp4": ["10.0.0.0/8"], "tcp6": ["2001:db8::/32"], "unix": [f"uid:{os.getuid() + 1}"]}[family]
     reactor.add_server(allowed, allow=yes)
     reactor.add_server(not_allowed, allow=no)
-    with serving(reactor):
+    with reactor_thread(reactor):
         assert ask(allowed.server_address) == b"PING\n"
         assert refused(not_allowed.server_address)
         wait_for(lambda: reactor.server_stats(not_allowed)["refused_by_rule"] == 1)
@@ -184,7 +171,7 @@ def test_max_connections_pauses_the_listener_and_the_backlog_holds_the_rest(
     server.running = threading.Semaphore(0)  # type: ignore[attr-defined]
     server.release = threading.Event()  # type: ignore[attr-defined]
     reactor.add_server(server, dispatch=ThreadPool(4), max_connections=2)
-    with serving(reactor), contextlib.ExitStack() as stack:
+    with reactor_thread(reactor), contextlib.ExitStack() as stack:
         held = [stack.enter_context(connect(server.server_address)) for _ in range(3)]
         for sock in held:
             sock.sendall(b"hold\n")
@@ -209,7 +196,7 @@ def test_max_connections_per_ip_refuses_the_extra_connection_of_one_address(
     server.running = threading.Semaphore(0)  # type: ignore[attr-defined]
     server.release = threading.Event()  # type: ignore[attr-defined]
     reactor.add_server(server, dispatch=ThreadPool(4), max_connections_per_ip=1)
-    with serving(reactor), connect(server.server_address, "127.0.0.1") as first:
+    with reactor_thread(reactor), connect(server.server_address, "127.0.0.1") as first:
         first.sendall(b"hold\n")
         assert server.running.acquire(timeout=JOIN_TIMEOUT)  # type: ignore[attr-defined]
         assert refused(server.server_address, "127.0.0.1")
@@ -232,7 +219,7 @@ def test_idle_connects_cannot_freeze_an_inline_reactor_with_wait_for_data(
     reactor, witness = reactor_with_witness
     server = socketserver.TCPServer(("127.0.0.1", 0), Echo)
     reactor.add_server(server, wait_for_data=0.5)  # Inline, as the README's one-thread pattern
-    with serving(reactor), contextlib.ExitStack() as stack:
+    with reactor_thread(reactor), contextlib.ExitStack() as stack:
         idle = [stack.enter_context(connect(server.server_address)) for _ in range(idle_clients)]
         # Meanwhile both servers answer at once: nobody waits for the silent ones.
         assert ask(witness.server_address) == b"PING\n"
@@ -248,7 +235,7 @@ def test_a_client_that_speaks_late_but_within_wait_for_data_is_served(
     reactor, _ = reactor_with_witness
     server = socketserver.TCPServer(("127.0.0.1", 0), Echo)
     reactor.add_server(server, wait_for_data=JOIN_TIMEOUT)
-    with serving(reactor), connect(server.server_address) as sock:
+    with reactor_thread(reactor), connect(server.server_address) as sock:
         wait_for(lambda: reactor.server_stats(server)["admitting"] == 1)
         sock.sendall(b"late\n")
         assert sock.makefile("rb").readline() == b"LATE\n"
@@ -259,7 +246,7 @@ def test_io_timeout_ends_a_handler_waiting_on_a_stalled_client(
     reactor, witness = reactor_with_witness
     server = socketserver.TCPServer(("127.0.0.1", 0), Echo)
     reactor.add_server(server, dispatch=ThreadPool(1), io_timeout=0.3)
-    with serving(reactor), connect(server.server_address) as stalled:
+    with reactor_thread(reactor), connect(server.server_address) as stalled:
         stalled.sendall(b"half a li")  # and nothing more: readline() waits for the rest
         assert stalled.recv(10) == b""  # the handler gave up and the connection was closed
         wait_for(lambda: reactor.server_stats(server).get("io_timeouts") == 1)
@@ -282,7 +269,7 @@ def test_request_info_names_the_peer(reactor_with_witness: tuple[Reactor, Any]) 
     reactor, _ = reactor_with_witness
     server = socketserver.TCPServer(("127.0.0.1", 0), Info)
     reactor.add_server(server, io_timeout=JOIN_TIMEOUT)
-    with serving(reactor), connect(server.server_address) as sock:
+    with reactor_thread(reactor), connect(server.server_address) as sock:
         sock.sendall(b"hi\n")
         assert sock.makefile("rb").readline() == b"ok\n"
         address = sock.getsockname()
@@ -344,7 +331,7 @@ def test_proxy_header_names_the_real_client_to_an_unmodified_http_server(
     web = http.server.HTTPServer(("127.0.0.1", 0), WhoHandler)
     reactor.add_server(web, dispatch=ThreadPool(2), proxy_protocol="any", proxy_trusted=["127.0.0.0/8"])
     header = proxy_v1("203.0.113.7", 56324) if version == "v1" else proxy_v2("2001:db8::7", 56324)
-    with serving(reactor):
+    with reactor_thread(reactor):
         body = http_get_raw(web.server_address, header)
         host = "203.0.113.7" if version == "v1" else "2001:db8::7"
         assert body.split()[:2] == [host.encode(), b"56324"]
@@ -356,7 +343,7 @@ def test_proxy_local_command_keeps_the_peer_address(reactor_with_witness: tuple[
     reactor, _ = reactor_with_witness
     web = http.server.HTTPServer(("127.0.0.1", 0), WhoHandler)
     reactor.add_server(web, proxy_protocol="v2")
-    with serving(reactor):
+    with reactor_thread(reactor):
         body = http_get_raw(web.server_address, proxy_v2("", 0, local=True))
         assert body.split()[0] == b"127.0.0.1" and body.split()[2] == b"-"
 
@@ -370,7 +357,7 @@ def test_a_bad_or_missing_proxy_header_drops_that_connection_only(
     reactor.add_server(web, proxy_protocol="v1", proxy_trusted=trusted, header_timeout=0.3)
     payload = {"garbage": b"GET / HTTP/1.0\r\n\r\n", "wrong_version": proxy_v2("192.0.2.1", 1),
                "untrusted": proxy_v1("192.0.2.1", 1), "silent": b""}[bad]
-    with serving(reactor), connect(web.server_address) as sock:
+    with reactor_thread(reactor), connect(web.server_address) as sock:
         if payload:
             sock.sendall(payload)
         try:
@@ -404,7 +391,7 @@ def test_an_unmodified_http_server_serves_https_and_a_silent_handshake_blocks_no
     web = http.server.HTTPServer(("127.0.0.1", 0), WhoHandler)
     reactor.add_server(web, dispatch=ThreadPool(2) if dispatch == "pool" else None,
                        ssl_context=pki.server_context(), handshake_timeout=0.5)
-    with serving(reactor), connect(web.server_address) as silent:  # connects, never says hello
+    with reactor_thread(reactor), connect(web.server_address) as silent:  # connects, never says hello
         assert https_get(web.server_address, pki.client_context()).split()[0] == b"127.0.0.1"
         assert ask(witness.server_address) == b"PING\n"
         assert silent.recv(10) == b""  # closed at handshake_timeout
@@ -425,7 +412,7 @@ def test_a_failed_handshake_is_one_dropped_connection(bad: str, pki: Pki,
     reactor, witness = reactor_with_witness
     web = http.server.HTTPServer(("127.0.0.1", 0), WhoHandler)
     reactor.add_server(web, dispatch=ThreadPool(2), ssl_context=pki.server_context())
-    with serving(reactor):
+    with reactor_thread(reactor):
         with connect(web.server_address) as sock:
             if bad == "plain_text":
                 sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -449,7 +436,7 @@ def test_sni_reaches_the_context_and_tls_sits_behind_a_proxy_header(
     context.sni_callback = lambda tls, name, ctx: names.append(name)  # type: ignore[assignment,misc]
     web = http.server.HTTPServer(("127.0.0.1", 0), WhoHandler)
     reactor.add_server(web, ssl_context=context, proxy_protocol="v1")
-    with serving(reactor), connect(web.server_address) as raw:
+    with reactor_thread(reactor), connect(web.server_address) as raw:
         raw.sendall(proxy_v1("198.51.100.4", 4000))
         with pki.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")

@@ -23,13 +23,12 @@ import signal
 import socket
 import socketserver as std_socketserver
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from reactor import Reactor, ThreadPool, socketserver
-from support import spawn_python, wait_for
+from support import reactor_thread, spawn_python, wait_for
 
 CLIENT_TIMEOUT = 5.0
 JOIN_TIMEOUT = 10.0
@@ -44,28 +43,6 @@ def ask(address: Any, line: bytes = b"ping\n") -> bytes:
     with socket.create_connection(address, timeout=CLIENT_TIMEOUT) as sock:
         sock.sendall(line)
         return sock.makefile("rb").readline()
-
-
-@contextlib.contextmanager
-def serving(reactor: Reactor) -> Iterator[threading.Thread]:
-    """Run ``reactor.serve_forever()`` in a thread; stop, join and close it afterwards."""
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            reactor.serve_forever()
-        except BaseException as exc:  # SystemExit included: the test looks at it
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, name="reactor")
-    thread.start()
-    try:
-        yield thread
-    finally:
-        reactor.stop()
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive(), "serve_forever() did not return after stop()"
-        reactor.close()
 
 
 def not_answered(address: Any) -> bool:
@@ -89,7 +66,7 @@ def test_shutdown_of_a_hosted_reactor_server_from_another_thread_stops_only_that
         reactor.add_server(leaving, dispatch=ThreadPool(2) if dispatch == "pool" else None)
         reactor.add_server(staying)
         try:
-            with serving(reactor):
+            with reactor_thread(reactor):
                 assert ask(leaving.server_address) == b"PING\n"
                 done = threading.Event()
                 threading.Thread(target=lambda: (leaving.shutdown(), done.set())).start()
@@ -114,7 +91,7 @@ def test_shutdown_from_the_servers_own_inline_handler_returns_and_spares_the_oth
         reactor.add_server(leaving)
         reactor.add_server(staying)
         try:
-            with serving(reactor):
+            with reactor_thread(reactor):
                 assert ask(leaving.server_address) == b"bye\n"
                 wait_for(lambda: leaving not in reactor.servers)
                 assert ask(staying.server_address) == b"PING\n"
@@ -153,7 +130,7 @@ def test_shutdown_of_a_hosted_stdlib_http_server_neither_blocks_nor_deadlocks(ca
         reactor.add_server(web)
         reactor.add_server(staying)
         try:
-            with serving(reactor):
+            with reactor_thread(reactor):
                 assert http_get(web) == b"hello\n"
                 if caller == "another thread":
                     done = threading.Event()
@@ -230,7 +207,7 @@ def test_replies_to_a_unix_datagram_peer_that_never_reads_are_counted_not_traced
         staying = socketserver.TCPServer(("127.0.0.1", 0), UpperHandler)
         reactor.add_server(echo)
         reactor.add_server(staying)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as deaf, serving(reactor):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as deaf, reactor_thread(reactor, close=False):
             deaf.bind(os.path.join(unix_dir, "deaf.sock"))
             deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             deaf.settimeout(CLIENT_TIMEOUT)
@@ -284,7 +261,7 @@ def test_close_drains_every_server_at_once() -> None:
         servers.append(server)
     replies: list[bytes] = []
     with contextlib.ExitStack() as stack:
-        with serving_without_close(reactor):
+        with reactor_thread(reactor, close=False):
             socks = []
             for server in servers:
                 sock = stack.enter_context(socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT))
@@ -296,18 +273,6 @@ def test_close_drains_every_server_at_once() -> None:
         replies = [sock.makefile("rb").readline() for sock in socks]
     assert sorted(started) == ["a", "b", "c"]
     assert replies == [b"finished\n"] * 3, "a drain that ran one server after another aborted a request"
-
-
-@contextlib.contextmanager
-def serving_without_close(reactor: Reactor) -> Iterator[None]:
-    thread = threading.Thread(target=reactor.serve_forever, name="reactor")
-    thread.start()
-    try:
-        yield
-    finally:
-        reactor.stop()
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive()
 
 
 SECOND_SIGNAL_SCRIPT = r"""
@@ -406,7 +371,7 @@ def test_remove_server_from_a_handler_leaves_in_the_background_and_says_when_don
         reactor.add_server(remover)
         reactor.add_server(staying)
         try:
-            with serving(reactor), socket.create_connection(pooled.server_address, timeout=CLIENT_TIMEOUT) as held:
+            with reactor_thread(reactor), socket.create_connection(pooled.server_address, timeout=CLIENT_TIMEOUT) as held:
                 held.sendall(b"hold\n")
                 assert in_flight.wait(JOIN_TIMEOUT)
                 assert ask(remover.server_address) == b"removing\n"  # the loop did not wait for the pool
