@@ -15,6 +15,9 @@ import resource
 import sys
 import threading
 
+from collections.abc import Callable
+from typing import Any
+
 from reactor import socketserver
 
 
@@ -65,3 +68,25 @@ class PidDatagramHandler(socketserver.DatagramRequestHandler):
     def handle(self) -> None:
         self.rfile.read()
         self.wfile.write(b"%d %s" % (os.getpid(), threading.current_thread().name.encode()))
+
+
+def on_stdin_lines(reactor: Any, commands: dict[bytes, Callable[[], object]]) -> None:
+    """Run ``commands[line]`` for each line the test writes on stdin; stop the reactor at EOF."""
+    fd = sys.stdin.fileno()
+    pending = b""
+
+    def on_stdin() -> None:
+        nonlocal pending
+        data = os.read(fd, 4096)
+        if not data:
+            reactor.remove_reader(fd)
+            reactor.stop()
+            return
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            command = commands.get(line.strip())
+            if command is not None:
+                command()
+
+    reactor.add_reader(fd, on_stdin)

@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from handlers import PidDatagramHandler, PidStreamHandler, emit, setup_process
+from handlers import PidDatagramHandler, PidStreamHandler, emit, on_stdin_lines, setup_process
 from reactor import Prefork, PreforkError, Reactor, socketserver
 from support import child_pids
 
@@ -92,22 +92,7 @@ def main() -> int:
         else:
             reactor.call_later(0.01, announce_when_ready)
 
-    pending = b""
-
-    def on_stdin() -> None:
-        nonlocal pending
-        data = os.read(sys.stdin.fileno(), 4096)
-        if not data:
-            reactor.remove_reader(sys.stdin.fileno())
-            reactor.stop()
-            return
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if line.strip() == b"stats":
-                emit("stats", json.dumps(prefork.stats()))
-
-    reactor.add_reader(sys.stdin.fileno(), on_stdin)
+    on_stdin_lines(reactor, {b"stats": lambda: emit("stats", json.dumps(prefork.stats()))})
     reactor.call_soon(announce_when_ready)
     status = 0
     try:

@@ -27,7 +27,7 @@ import logging
 import os
 import sys
 
-from handlers import PidDatagramHandler, PidStreamHandler, emit, setup_process
+from handlers import PidDatagramHandler, PidStreamHandler, emit, on_stdin_lines, setup_process
 from reactor import Prefork, Reactor, ThreadPool, socketserver
 from support import child_pids
 
@@ -86,29 +86,11 @@ def main() -> int:
         else:
             reactor.call_later(0.01, announce_when_ready)
 
-    pending = b""
+    def close_pooled() -> None:
+        # From a callback, the pool finishes its requests in the background first.
+        reactor.remove_server(pooled, on_removed=lambda: (pooled.server_close(), emit("closed-pooled")))
 
-    def on_stdin() -> None:
-        nonlocal pending
-        data = os.read(sys.stdin.fileno(), 4096)
-        if not data:
-            reactor.remove_reader(sys.stdin.fileno())
-            reactor.stop()
-            return
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if line.strip() == b"stats":
-                emit("stats", json.dumps(stats()))
-            elif line.strip() == b"close-pooled":
-                def close_pooled() -> None:
-                    pooled.server_close()
-                    emit("closed-pooled")
-
-                # From a callback, the pool finishes its requests in the background first.
-                reactor.remove_server(pooled, on_removed=close_pooled)
-
-    reactor.add_reader(sys.stdin.fileno(), on_stdin)
+    on_stdin_lines(reactor, {b"stats": lambda: emit("stats", json.dumps(stats())), b"close-pooled": close_pooled})
     reactor.call_soon(announce_when_ready)
     reactor.serve_forever()
     emit("stopping")
