@@ -14,6 +14,7 @@ import errno
 import fcntl
 import gc
 import glob
+import http.server
 import os
 import shutil
 import socket
@@ -97,6 +98,26 @@ def wait_for(
     else:
         text = message
     raise AssertionError(f"timed out after {timeout:g}s: {text}")
+
+
+# ---------------------------------------------------------------- a quiet http.server handler
+
+class QuietHTTPHandler(http.server.BaseHTTPRequestHandler):
+    """An ordinary ``http.server`` handler: answers GET with ``reply()`` and logs nothing."""
+
+    def reply(self) -> bytes:
+        """The body of the answer (override it)."""
+        return b"ok\n"
+
+    def do_GET(self) -> None:
+        body = self.reply()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 # ---------------------------------------------------------------- a reactor in a thread

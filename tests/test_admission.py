@@ -26,7 +26,7 @@ import pytest
 from reactor import Reactor, ThreadPool, socketserver
 from pki import Pki
 from reactor.admission import request_info
-from support import ipv6_available, reactor_thread, run_python, wait_for
+from support import QuietHTTPHandler, ipv6_available, reactor_thread, run_python, wait_for
 
 CURL = shutil.which("curl")
 
@@ -279,20 +279,13 @@ def test_request_info_names_the_peer(reactor_with_witness: tuple[Reactor, Any]) 
 
 # ---------------------------------------------------------------- PROXY protocol
 
-class WhoHandler(http.server.BaseHTTPRequestHandler):
+class WhoHandler(QuietHTTPHandler):
     """An unmodified-style http.server handler: answers with the client address it sees."""
 
-    def do_GET(self) -> None:
+    def reply(self) -> bytes:
         info = request_info(self.request)
-        body = f"{self.client_address[0]} {self.client_address[1]} " \
+        return f"{self.client_address[0]} {self.client_address[1]} " \
                f"{info.proxy_address[0] if info and info.proxy_address else '-'}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"

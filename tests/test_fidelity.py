@@ -33,7 +33,7 @@ import pytest
 
 import reactor
 from reactor import socketserver as rx_socketserver
-from support import ipv6_available, run_python, wait_for
+from support import QuietHTTPHandler, ipv6_available, run_python, wait_for
 from test_compat import EchoStreamHandler, kernel_listen_backlog
 
 
@@ -428,18 +428,6 @@ def test_compat_servers_log_nothing_in_normal_operation(name: str, kind: str, di
             serving_thread[-1].join(timeout=10)
     assert replies == [b"HELLO %d" % i for i in range(3)]
     assert not records, describe_records(records)
-
-
-class QuietHTTPHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"ok\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def test_reactor_hosting_a_stdlib_http_server_logs_nothing(serving_thread: list[threading.Thread]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from reactor import Reactor, ThreadPool, socketserver
-from support import reactor_thread, spawn_python, wait_for
+from support import QuietHTTPHandler, reactor_thread, spawn_python, wait_for
 
 CLIENT_TIMEOUT = 5.0
 JOIN_TIMEOUT = 10.0
@@ -99,18 +99,11 @@ def test_shutdown_from_the_servers_own_inline_handler_returns_and_spares_the_oth
             leaving.server_close()
 
 
-class HelloHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
+class HelloHandler(QuietHTTPHandler):
+    def reply(self) -> bytes:
         if self.path == "/shutdown":
             self.server.shutdown()  # from its own handler, in the loop's thread
-        body = b"hello\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        return b"hello\n"
 
 
 def http_get(server: Any, path: str = "/") -> bytes:
