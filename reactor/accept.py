@@ -40,6 +40,14 @@ Rules
 8. Leaving is two-phase: ``begin_drain()`` stops taking requests at once and
    reports, through a callback in the loop's thread, when nothing is in
    flight; ``abort()`` ends what is still in flight; ``detach()`` releases.
+   Parked connections are idle, not in flight: leaving closes them at once.
+9. A stream server whose handler exposes a request boundary parks its
+   keep-alive connections between requests (``reactor.keepalive``): the
+   dispatch runs each connection's next request through ``resume()``, as it
+   runs a new one through ``submit()``. Parking needs the server to build its
+   handler as ``BaseServer`` does (``process_request``/``finish_request`` not
+   overridden) and a strategy that implements ``resume()`` when it
+   implements ``submit()``.
 """
 
 from __future__ import annotations
@@ -57,11 +65,12 @@ from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._ratelimit import RateLimitedLog
 from ._timers import TimerHandle
 from .admission import Admission, AdmissionOptions
+from .keepalive import DEFAULT_KEEPALIVE_TIMEOUT, KeptConnection, Parking, parking_factory
 from .loop import EventLoop
 
 __all__ = [
-    "Dispatch", "HostedServer", "HostingOptions", "Inline", "PauseReason", "describe_server",
-    "make_nonblocking", "process_request_safely",
+    "Dispatch", "HostedServer", "HostingOptions", "Inline", "PauseReason", "close_parked", "describe_server",
+    "make_nonblocking", "process_request_safely", "serve_parked",
 ]
 
 logger = logging.getLogger(__name__)
@@ -148,35 +157,98 @@ def process_request_safely(server: Any, request: Any, client_address: Any,
     of escaping into the loop, and ``shutdown_request`` runs even if
     ``handle_error`` raises. When the request came through ``hosted``, a
     datagram reply the peer cannot take (its queue full, or gone) is counted
-    and logged rate-limited instead of going to ``handle_error``.
+    and logged rate-limited instead of going to ``handle_error``; and when
+    ``hosted`` parks connections and the handler keeps this one after its
+    first request, the connection is parked instead of shut down (see
+    ``reactor.keepalive``).
     ``BaseException`` (KeyboardInterrupt, SystemExit) still propagates after the
     request is shut down; a ``SystemExit`` is logged first, naming the server
     and handler, since it ends every server on the loop.
     """
     try:
         if server.verify_request(request, client_address):
-            server.process_request(request, client_address)
-        else:
-            server.shutdown_request(request)
-    except Exception as exc:
-        try:
-            lost = _lost_datagram_reply(request, exc) if hosted is not None else None
-            if lost is not None and hosted is not None:
-                hosted.reply_lost(client_address, lost)
-            elif hosted is not None and isinstance(exc, TimeoutError) and hosted.has_io_timeout:
-                hosted.io_timed_out(client_address, exc)
-            else:
-                server.handle_error(request, client_address)
-        finally:
-            server.shutdown_request(request)
-    except BaseException as exc:
+            factory = hosted.parking_factory() if hosted is not None else None
+            if factory is None:
+                server.process_request(request, client_address)
+                return
+            # BaseServer.process_request, with the handler kept when it asks.
+            handler = factory(request, client_address, server)
+            if KeptConnection.kept(handler):
+                assert hosted is not None
+                hosted.hold(KeptConnection(handler, request, client_address))
+                return
         server.shutdown_request(request)
-        if isinstance(exc, SystemExit):
-            handler = getattr(server, "RequestHandlerClass", None)
-            logger.error("%s: handler %s raised SystemExit(%r); it propagates out of the loop and "
-                         "stops every server on it", describe_server(server),
-                         getattr(handler, "__qualname__", handler), exc.code)
+    except Exception as exc:
+        _request_failed(server, request, client_address, hosted, exc)
+    except BaseException as exc:
+        _request_interrupted(server, request, exc)
         raise
+
+
+def serve_parked(hosted: HostedServer, conn: KeptConnection) -> None:
+    """Run the next request of a parked connection whose client sent it (in the strategy's thread).
+
+    The hooks behave as if the handler's ``handle()`` had gone on looping:
+    an exception runs the handler's ``finish()``, then ``handle_error`` and
+    ``shutdown_request``; a request that ends the connection runs ``finish()``
+    and ``shutdown_request``.
+    """
+    server = hosted.server
+    request = conn.request
+    try:
+        try:
+            conn.resume()
+            keep = conn.serve_next()
+        except BaseException:
+            conn.finish()  # as the handler's __init__ would, around handle()
+            raise
+        if keep:
+            hosted.hold(conn)
+            return
+        conn.finish()
+        server.shutdown_request(request)
+    except Exception as exc:
+        _request_failed(server, request, conn.client_address, hosted, exc)
+    except BaseException as exc:
+        _request_interrupted(server, request, exc)
+        raise
+
+
+def close_parked(hosted: HostedServer, conn: KeptConnection) -> None:
+    """End a parked connection unserved (idle too long, or its server is leaving): the
+    handler's ``finish()``, then ``shutdown_request``, in the loop's thread, never blocking."""
+    server = hosted.server
+    try:
+        conn.finish()
+    except Exception:
+        server.handle_error(conn.request, conn.client_address)
+    finally:
+        server.shutdown_request(conn.request)
+
+
+def _request_failed(server: Any, request: Any, client_address: Any, hosted: HostedServer | None,
+                    exc: Exception) -> None:
+    """``handle_error`` (or the count of a lost reply or an I/O timeout), then ``shutdown_request``."""
+    try:
+        lost = _lost_datagram_reply(request, exc) if hosted is not None else None
+        if lost is not None and hosted is not None:
+            hosted.reply_lost(client_address, lost)
+        elif hosted is not None and isinstance(exc, TimeoutError) and hosted.has_io_timeout:
+            hosted.io_timed_out(client_address, exc)
+        else:
+            server.handle_error(request, client_address)
+    finally:
+        server.shutdown_request(request)
+
+
+def _request_interrupted(server: Any, request: Any, exc: BaseException) -> None:
+    """Shut the request down before ``exc`` (KeyboardInterrupt, SystemExit) propagates."""
+    server.shutdown_request(request)
+    if isinstance(exc, SystemExit):
+        handler = getattr(server, "RequestHandlerClass", None)
+        logger.error("%s: handler %s raised SystemExit(%r); it propagates out of the loop and "
+                     "stops every server on it", describe_server(server),
+                     getattr(handler, "__qualname__", handler), exc.code)
 
 
 class Dispatch:
@@ -195,6 +267,10 @@ class Dispatch:
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         """Run the hooks for one request (see ``process_request_safely``)."""
         process_request_safely(hosted.server, request, client_address, hosted)
+
+    def resume(self, hosted: HostedServer, conn: KeptConnection) -> None:
+        """Run the next request of a parked connection (see ``serve_parked``)."""
+        serve_parked(hosted, conn)
 
     def begin_drain(self, hosted: HostedServer, on_drained: Callable[[], None]) -> float:
         """Let requests in flight finish; call ``on_drained()`` in the loop's thread once none is left
@@ -269,12 +345,16 @@ class HostedServer:
         self._idle_timer: TimerHandle | None = None
         self._last_activity = reactor.time()
         self._calls_service_actions = _overrides(server, "service_actions")
-        self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0}
+        self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0,
+                        "dispatched": 0, "resumed": 0, "keepalive_expired": 0}
         #: One rate limit per cause (an errno, an exception class, "io_timeout") for everything
         #: a client can make this server warn about.
         self._warnings = RateLimitedLog(logger)
         self._admission: Admission | None = None
         self._patched_close_request: Callable[[Any], None] | None = None
+        self._parking: Parking | None = None
+        #: The server's RequestHandlerClass last seen, and its parking variant (one tuple: read from many threads).
+        self._parking_variant: tuple[Any, Callable[..., Any] | None] = (None, None)
 
     @property
     def server(self) -> Any:
@@ -293,12 +373,41 @@ class HostedServer:
 
     def stats(self) -> dict[str, int]:
         """Counters: requests taken, requests lost before they were taken,
-        datagram replies the peer could not take, exhaustion pauses; with
-        admission, connections admitted and refused by cause, and open now."""
-        counts = dict(self._counts, requests=self.requests_taken)
+        datagram replies the peer could not take, exhaustion pauses, handler
+        runs handed to the dispatch (``dispatched``, of which ``resumed`` were
+        parked connections' next requests), parked connections closed idle
+        (``keepalive_expired``) and parked now (``parked``); with admission,
+        connections admitted and refused by cause, and open now."""
+        counts = dict(self._counts, requests=self.requests_taken,
+                      parked=self._parking.parked if self._parking is not None else 0)
         if self._admission is not None:
             counts.update(open=self._admission.open, admitting=self._admission.pending)
         return counts
+
+    @property
+    def keepalive_timeout(self) -> float | None:
+        """Seconds a parked connection may stay idle; None when this server does not park."""
+        return self._parking.timeout if self._parking is not None else None
+
+    def parking_factory(self) -> Callable[..., Any] | None:
+        """The handler factory that lets this server's connections park, or None to run
+        ``process_request`` as it is (parking off, or a handler without a request boundary).
+
+        Thread-safety: safe from the strategy's threads.
+        """
+        if self._parking is None:
+            return None
+        factory = self._server.RequestHandlerClass
+        seen, variant = self._parking_variant
+        if factory is not seen:
+            variant = parking_factory(factory)
+            self._parking_variant = (factory, variant)
+        return variant
+
+    def hold(self, conn: KeptConnection) -> None:
+        """Park a connection whose handler keeps it after a request (from any thread)."""
+        assert self._parking is not None
+        self._parking.hold(conn)
 
     @property
     def has_io_timeout(self) -> bool:
@@ -329,6 +438,7 @@ class HostedServer:
         self._started = True
         if self._options.admission.active:
             self._start_admission()
+        self._start_parking()
         self._dispatch.bind(self)
         self._bound = True  # detach undoes only what start did: a refused bind leaves the pool alone
         hosting_started = getattr(self._server, "hosting_started", None)
@@ -353,6 +463,8 @@ class HostedServer:
         self.pause(PauseReason.DRAINING)
         if self._admission is not None:
             self._admission.close_all()
+        if self._parking is not None:
+            self._parking.close_all()  # idle between requests: nothing in flight to wait for
         if not self._bound:
             on_drained()
             return 0.0
@@ -370,6 +482,8 @@ class HostedServer:
         self._started = False
         self._cancel_timers()
         self._sync_registration()
+        if self._parking is not None:
+            self._parking.close_all()
         if self._claimed and not self.reactor.closed:
             self.reactor.release(self._fd, self)
         self._claimed = False
@@ -421,7 +535,7 @@ class HostedServer:
         server = self._server
         reactor = self.reactor
         dispatch = self._dispatch
-        taken = 0
+        taken = submitted = 0
         for _ in range(self.accept_batch):
             # A handler may have stopped the reactor, paused or even removed
             # this server (detach restored the socket's blocking mode); a
@@ -458,9 +572,11 @@ class HostedServer:
                 # O_NONBLOCK; re-applying the socket's own timeout makes the
                 # descriptor agree with what the handler expects.
                 request.settimeout(request.gettimeout())
+            submitted += 1
             dispatch.submit(self, request, client_address)
         if taken:
             self.requests_taken += taken
+            self._counts["dispatched"] += submitted
             self._last_activity = reactor.time()
             if self._calls_service_actions and self._started:
                 server.service_actions()
@@ -493,7 +609,30 @@ class HostedServer:
         if not self._started or PauseReason.DRAINING in self._pause_reasons:
             self._server.shutdown_request(request)  # admitted as the server began leaving
             return
+        self._counts["dispatched"] += 1
         self._dispatch.submit(self, request, client_address)
+
+    # -- parking ---------------------------------------------------------------
+
+    def _start_parking(self) -> None:
+        timeout = self._options.admission.keepalive_timeout
+        if timeout is None:
+            timeout = DEFAULT_KEEPALIVE_TIMEOUT
+        sock = getattr(self._server, "socket", None)
+        if (not timeout or not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM
+                or _overrides(self._server, "process_request") or _overrides(self._server, "finish_request")):
+            return  # only a handler built the way BaseServer builds it can be driven a request at a time
+        strategy = type(self._dispatch)
+        if strategy.submit is not Dispatch.submit and strategy.resume is Dispatch.resume:
+            return  # a strategy of its own that knows nothing of parking: next requests would run inline
+        self._parking = Parking(self.reactor, timeout, self._resume_parked, self._close_parked, self._counts)
+
+    def _resume_parked(self, conn: KeptConnection) -> None:
+        self._counts["dispatched"] += 1
+        self._dispatch.resume(self, conn)
+
+    def _close_parked(self, conn: KeptConnection) -> None:
+        close_parked(self, conn)
 
     def _pause_at_capacity(self, paused: bool) -> None:
         if paused:

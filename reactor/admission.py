@@ -38,7 +38,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from ._ratelimit import RateLimitedLog
@@ -77,6 +77,13 @@ class AdmissionOptions:
             handing the connection over (None: hand it over at once).
         io_timeout: the handed-over socket's timeout, so no handler waits on
             a client longer than that (None: blocking, as socketserver).
+        keepalive_timeout: seconds a connection may wait parked between two
+            requests (``reactor.keepalive``); 0 turns parking off; None means
+            the host's default: ``DEFAULT_KEEPALIVE_TIMEOUT`` on
+            ``Reactor.add_server``, off for a standalone compat server's
+            ``serve_forever()`` (the stdlib's behaviour). Not an admission
+            stage: it applies to stream servers whose handler exposes a
+            request boundary, with or without the options above.
     """
 
     ssl_context: ssl.SSLContext | None = None
@@ -90,6 +97,7 @@ class AdmissionOptions:
     max_connections_per_ip: int | None = None
     wait_for_data: float | None = None
     io_timeout: float | None = None
+    keepalive_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.proxy_protocol not in (None, "v1", "v2", "any"):
@@ -101,6 +109,8 @@ class AdmissionOptions:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None")
+        if self.keepalive_timeout is not None and self.keepalive_timeout < 0:
+            raise ValueError("keepalive_timeout must be positive, 0 (off) or None (the default)")
 
     def keywords(self) -> dict[str, Any]:
         """These options as ``Reactor.add_server`` keywords."""
@@ -109,7 +119,7 @@ class AdmissionOptions:
     @property
     def active(self) -> bool:
         """True when anything is asked of admission (else connections go straight to the dispatch)."""
-        return self != _NOTHING
+        return replace(self, keepalive_timeout=None) != _NOTHING
 
 
 _NOTHING = AdmissionOptions()

@@ -151,6 +151,7 @@ class Reactor(EventLoop):
         max_connections_per_ip: int | None = None,
         wait_for_data: float | None = None,
         io_timeout: float | None = None,
+        keepalive_timeout: float | None = None,
     ) -> None:
         """Host a socketserver-style server: take and handle its requests when its socket is readable.
 
@@ -198,6 +199,12 @@ class Reactor(EventLoop):
                 something, within this many seconds (None: at once).
             io_timeout: the timeout of the handler's socket, so no client holds
                 a worker or the loop longer than that (None: blocking).
+            keepalive_timeout: seconds a connection may wait *parked* between
+                two requests, holding no thread (see ``reactor.keepalive``): for
+                handlers that expose a request boundary, e.g. unmodified HTTP/1.1
+                ``http.server`` handlers. None: ``DEFAULT_KEEPALIVE_TIMEOUT``
+                (5 s) under every strategy; 0: off (the handler keeps its
+                connection, and its thread, for the connection's whole life).
 
         Raises:
             ValueError: the server or its descriptor is already in this reactor.
@@ -216,7 +223,7 @@ class Reactor(EventLoop):
             ssl_context=ssl_context, handshake_timeout=handshake_timeout, proxy_protocol=proxy_protocol,
             proxy_trusted=tuple(proxy_trusted), header_timeout=header_timeout, allow=tuple(allow),
             deny=tuple(deny), max_connections=max_connections, max_connections_per_ip=max_connections_per_ip,
-            wait_for_data=wait_for_data, io_timeout=io_timeout)
+            wait_for_data=wait_for_data, io_timeout=io_timeout, keepalive_timeout=keepalive_timeout)
         options = HostingOptions(service_interval=service_interval, handle_timeouts=handle_timeouts,
                                  admission=admission)
         strategy = dispatch if dispatch is not None else Inline()

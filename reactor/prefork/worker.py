@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..accept import Dispatch, HostedServer, PauseReason
+from ..keepalive import KeptConnection
 from ..dispatch import ThreadPool
 from ..hosting import Reactor
 from ._messages import HEARTBEAT, READY
@@ -54,11 +55,18 @@ class _RequestLimit(Dispatch):
         return self.inner.owns_current_thread()
 
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
+        self._counted(hosted)
+        self.inner.submit(hosted, request, client_address)
+
+    def resume(self, hosted: HostedServer, conn: KeptConnection) -> None:
+        self._counted(hosted)  # a keep-alive connection's next request counts as one
+        self.inner.resume(hosted, conn)
+
+    def _counted(self, hosted: HostedServer) -> None:
         self.count += 1
         if self.count >= self.limit:
             hosted.pause(PauseReason.RECYCLING)
             self.reactor.stop()
-        self.inner.submit(hosted, request, client_address)
 
 
 def worker_main(plan: Plan, heartbeat: int, death_pipe: int, signal_mask: SignalMask) -> NoReturn:
