@@ -442,3 +442,55 @@ def test_idle_clients_of_inline_threadpool_and_prefork_servers_sharing_a_reactor
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0, proc.stderr.read() if proc.stderr else ""
         assert proc.stdout.read() == "stopped\n"
+
+
+PREFORK_RECYCLING_SCRIPT = r"""
+import http.server, json, os, signal, threading
+from reactor import Prefork, Reactor
+
+class WhoAmI(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = json.dumps([os.getpid(), threading.current_thread().name]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+reactor = Reactor()
+server = http.server.HTTPServer(("127.0.0.1", 0), WhoAmI)
+reactor.add_server(server, Prefork(1, threads=2, max_requests=4), keepalive_timeout=60)
+reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
+print(json.dumps(server.server_address), flush=True)
+reactor.serve_forever()
+reactor.close()
+server.server_close()
+"""
+
+
+def test_prefork_workers_run_parked_connections_on_their_threads_and_count_them_for_max_requests() -> None:
+    import json
+    import signal
+
+    from support import spawn_python
+
+    with spawn_python(PREFORK_RECYCLING_SCRIPT) as proc:
+        assert proc.stdout is not None
+        address = tuple(json.loads(proc.stdout.readline()))
+        try:
+            with clients(address, 1) as (conn,):
+                answers = [json.loads(get(conn)) for _ in range(4)]
+                pids = {pid for pid, _ in answers}
+                assert len(pids) == 1
+                assert all(thread != "MainThread" for _, thread in answers), answers
+                # The 4th request recycled the worker: its parked connection was closed.
+                with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+                    get(conn)
+            with clients(address, 1) as (conn,):
+                (pid, _), = [json.loads(get(conn))]
+                assert pid not in pids  # a new worker
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0, proc.stderr.read() if proc.stderr else ""
