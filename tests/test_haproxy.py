@@ -659,3 +659,119 @@ def test_prefork_workers_behind_haproxy_see_the_real_client(version: int, tmp_pa
         # Each worker counts its own connections: the last reply it gave saw all of them.
         assert stats[-1]["admitted"] == len(stats), (pid, stats)
         assert all(stats[-1][name] == 0 for name in ADMISSION_COUNTERS if name != "admitted"), (pid, stats)
+
+
+# ---------------------------------------------------------------- BUGS found against HAProxy: these fail until fixed
+#
+# Each test below describes the right behaviour and FAILS on reactor as it is: the access
+# rules (reactor/access.py) are checked and applied as if a listener's clients were always
+# of the listener's own family, which a PROXY header makes untrue.
+
+@pytest.mark.parametrize("rules", ["deny-haproxy-uid", "allow-another-uid"])
+def test_BUG_uid_rules_of_a_unix_listener_apply_behind_a_proxy_header(rules: str, tmp_path: Path, listen: Any,
+                                                                      unix_dir: str) -> None:
+    """BUG: a Unix listener's uid:/gid: allow/deny entries are skipped for every connection whose
+    PROXY header names an IP client, so a denied (or not allowed) peer is admitted.
+
+    Admission._after_proxy (reactor/admission.py, ``self._rules.permits(conn.client_address,
+    credentials)``) judges the proxied IP address; AccessRules.permits (reactor/access.py)
+    consults the credential entries only for a Unix-path client, and for an IP client with no
+    network allow entry (a Unix listener may have none) returns True. With ``proxy_trusted``
+    empty (the default) any local user bypasses a uid deny by sending a PROXY header.
+    """
+    uid = os.getuid()  # HAProxy runs as we do
+    path = os.path.join(unix_dir, "s.sock")
+    reactor = Reactor()
+    server = socketserver.UnixStreamServer(path, WhoLine)
+    server.seen = []  # type: ignore[attr-defined]
+    keywords = {"deny": [f"uid:{uid}"]} if rules == "deny-haproxy-uid" else {"allow": [f"uid:{uid + 1}"]}
+    reactor.add_server(server, proxy_protocol="v2", **keywords)  # type: ignore[arg-type]
+    front = listen()
+    with reactor_thread(reactor), run_haproxy(tmp_path, f"""
+            frontend fe
+                bind {fd_bind(front)}
+                default_backend be
+            backend be
+                server s1 unix@{path} send-proxy-v2
+            """, [front]):
+        with client(front.getsockname()) as sock:
+            sock.sendall(b"who\n")
+            reply = read_all(sock)
+        wait_for(lambda: reactor.server_stats(server)["requests"] == 1)
+        stats = counts(reactor, server)
+    server.server_close()
+    assert reply == b"", f"served although {keywords} excludes HAProxy's uid {uid}: {reply!r}"
+    assert stats == {**dict.fromkeys(ADMISSION_COUNTERS, 0), "refused_by_rule": 1}
+
+
+@pytest.mark.parametrize("listener_family", ["ipv4-listener", "unix-listener"])
+def test_BUG_network_rules_may_name_the_proxied_clients_family(listener_family: str, tmp_path: Path,
+                                                               listen: Any, unix_dir: str) -> None:
+    """BUG: add_server refuses allow lists that can only match proxied clients.
+
+    Behind HAProxy an IPv4 listener serves the IPv6 clients of an IPv6 frontend, and a Unix
+    listener serves TCP clients. But AccessRules.validate_for (reactor/access.py), called from
+    Admission.__init__ (reactor/admission.py) without regard to ``proxy_protocol``, raises
+    ValueError for an IPv6-only allow list on an AF_INET listener ("would refuse every
+    connection") and for any network entry on an AF_UNIX listener ("its clients have no IP
+    address"): such a backend cannot filter its real clients at all.
+    """
+    if listener_family == "ipv4-listener":
+        need_ipv6()
+        server: Any = http_server()
+        front = listen("::1")
+        allow, target = ["::1"], backend_address(server)
+    else:
+        path = os.path.join(unix_dir, "s.sock")
+        server = socketserver.UnixStreamServer(path, WhoLine)
+        server.seen = []
+        front = listen()
+        allow, target = ["127.0.0.1"], f"unix@{path}"
+    reactor = Reactor()
+    try:
+        reactor.add_server(server, proxy_protocol="v2", allow=allow)
+        with reactor_thread(reactor, close=False), run_haproxy(tmp_path, f"""
+                frontend fe
+                    bind {fd_bind(front)}
+                    default_backend be
+                backend be
+                    server s1 {target} send-proxy-v2
+                """, [front]):
+            with client(front.getsockname()) as sock:
+                me = list(sock.getsockname())
+                sock.sendall(b"GET /allowed HTTP/1.0\r\n\r\n" if listener_family == "ipv4-listener" else b"who\n")
+                assert read_all(sock) != b"", "the allowed client was refused"
+            expect_counts(reactor, server, admitted=1)
+        assert list(server.seen[0]["client_address"]) == me
+    finally:
+        reactor.close()
+        server.server_close()
+
+
+def test_BUG_a_network_allow_list_refuses_a_proxied_unix_client() -> None:
+    """BUG (not from HAProxy 2.6, which sends LOCAL for its Unix-socket clients; any v2 sender
+    may name AF_UNIX addresses): a TCP listener with ``allow=["192.0.2.0/24"]`` admits a
+    connection whose v2 header names Unix-socket addresses.
+
+    _as_client_address (reactor/admission.py) makes the Unix source path the client address;
+    AccessRules.permits (reactor/access.py) classifies a str as a Unix client and answers from
+    the credential entries alone: none configured, so True, although "a non-empty allow list
+    refuses everyone else" (README).
+    """
+    import struct
+
+    signature = b"\r\n\r\n\x00\r\nQUIT\n"
+    addresses = b"/run/client.sock".ljust(108, b"\0") + b"/run/haproxy.sock".ljust(108, b"\0")
+    header = signature + bytes([0x21, 0x31]) + struct.pack("!H", len(addresses)) + addresses
+    reactor = Reactor()
+    web = http_server()
+    reactor.add_server(web, proxy_protocol="v2", allow=["192.0.2.0/24"])
+    with reactor_thread(reactor):
+        with client(web.server_address) as sock:
+            sock.sendall(header + b"GET / HTTP/1.0\r\n\r\n")
+            reply = read_all(sock)
+        wait_for(lambda: reactor.server_stats(web)["requests"] == 1)
+        stats = counts(reactor, web)
+    web.server_close()
+    assert reply == b"", f"a client with no IP address passed an allow list of networks: {reply[:40]!r}"
+    assert stats == {**dict.fromkeys(ADMISSION_COUNTERS, 0), "refused_by_rule": 1}
