@@ -579,6 +579,55 @@ def test_an_haproxy_outside_proxy_trusted_is_refused_and_the_other_server_answer
     trusting.server_close()
 
 
+# ---------------------------------------------------------------- limits judge the proxied client
+
+class Held(socketserver.StreamRequestHandler):
+    """Says which client it serves, then holds the connection until the test releases it."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(json.dumps(self.client_address).encode() + b"\n")
+        self.server.release.wait(CLIENT_TIMEOUT)  # type: ignore[attr-defined]
+
+
+def test_max_connections_per_ip_counts_the_real_clients_not_haproxy(tmp_path: Path, listen: Any) -> None:
+    """Every connection comes from HAProxy's address; the per-IP limit counts the proxied clients."""
+    reactor = Reactor()
+    server = socketserver.TCPServer(("127.0.0.1", 0), Held)
+    server.release = threading.Event()  # type: ignore[attr-defined]
+    reactor.add_server(server, dispatch=ThreadPool(4), proxy_protocol="v1", proxy_trusted=["127.0.0.1"],
+                       max_connections_per_ip=1)
+    front = listen()
+
+    def hold(source: str) -> tuple[socket.socket, bytes]:
+        sock = socket.create_connection(front.getsockname(), timeout=CLIENT_TIMEOUT, source_address=(source, 0))
+        try:
+            sock.sendall(b"hold\n")
+            return sock, sock.recv(4096)
+        except ConnectionResetError:
+            return sock, b""
+
+    with reactor_thread(reactor), run_haproxy(tmp_path, f"""
+            frontend fe
+                bind {fd_bind(front)}
+                default_backend be
+            backend be
+                server s1 {backend_address(server)} send-proxy
+            """, [front]), contextlib.ExitStack() as stack:
+        first, first_reply = hold("127.0.0.1")
+        stack.enter_context(first)
+        other, other_reply = hold("127.0.0.2")  # another client IP, through the same HAProxy
+        stack.enter_context(other)
+        assert json.loads(first_reply) == list(first.getsockname())
+        assert json.loads(other_reply) == list(other.getsockname())
+        extra, extra_reply = hold("127.0.0.1")  # a second connection of the first client's IP
+        stack.enter_context(extra)
+        assert extra_reply == b"", "refused: that client IP already has its one connection"
+        server.release.set()  # type: ignore[attr-defined]
+        expect_counts(reactor, server, admitted=2, refused_by_limit=1)
+    server.server_close()
+
+
 # ---------------------------------------------------------------- under Prefork (a fresh interpreter)
 
 PREFORK_SCRIPT = r"""
