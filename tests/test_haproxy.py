@@ -11,6 +11,9 @@ What every case checks: the reactor server saw the real client (the address of
 the test's client socket, ``getsockname()``), ``request_info()`` kept HAProxy's
 own connection as ``proxy_address``/``peer_address`` and the parsed header, and
 ``Reactor.server_stats()`` counts exactly what the test caused.
+
+The ``test_BUG_*`` tests at the end describe bugs found this way; they fail until
+reactor/access.py and reactor/admission.py are fixed.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ frontend ready
 
 
 class HAProxy:
-    """One ``haproxy -db`` child: its config, log file and inherited listening sockets."""
+    """One ``haproxy -db`` child, with its configuration file and its log (stdout and stderr)."""
 
     def __init__(self, proc: subprocess.Popen[bytes], log: Path, config: Path) -> None:
         self.proc = proc
