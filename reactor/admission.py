@@ -200,7 +200,7 @@ class Admission:
         self._counts = counts
         self._pause = pause
         self._rules = AccessRules(options.allow, options.deny)
-        self._rules.validate_for(family)
+        self._rules.validate_for(family, proxied=options.proxy_protocol is not None)
         self._trusted = AccessRules(allow=options.proxy_trusted)
         if options.proxy_trusted:
             self._trusted.validate_for(family)
@@ -263,7 +263,8 @@ class Admission:
 
     def _after_proxy(self, conn: _Connection) -> None:
         credentials = self._credentials(conn)
-        if not self._rules.empty and not self._rules.permits(conn.client_address, credentials):
+        if not self._rules.empty and not self._rules.permits(conn.client_address, credentials,
+                                                             proxied=conn.info.proxy_address is not None):
             self._drop(conn, "refused_by_rule", "refused by allow/deny")
             return
         key = conn.client_address

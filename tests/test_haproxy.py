@@ -12,8 +12,8 @@ the test's client socket, ``getsockname()``), ``request_info()`` kept HAProxy's
 own connection as ``proxy_address``/``peer_address`` and the parsed header, and
 ``Reactor.server_stats()`` counts exactly what the test caused.
 
-The ``test_BUG_*`` tests at the end describe bugs found this way; they fail until
-reactor/access.py and reactor/admission.py are fixed.
+The tests at the end hold bugs found this way (access rules judged as if a
+listener's clients were always of its own family), fixed in reactor/access.py.
 """
 
 from __future__ import annotations
@@ -713,23 +713,21 @@ def test_prefork_workers_behind_haproxy_see_the_real_client(version: int, tmp_pa
         assert all(stats[-1][name] == 0 for name in ADMISSION_COUNTERS if name != "admitted"), (pid, stats)
 
 
-# ---------------------------------------------------------------- BUGS found against HAProxy: these fail until fixed
+# ---------------------------------------------------------------- access rules behind a proxy (bugs found here)
 #
 # Each test below describes the right behaviour and FAILS on reactor as it is: the access
 # rules (reactor/access.py) are checked and applied as if a listener's clients were always
 # of the listener's own family, which a PROXY header makes untrue.
 
 @pytest.mark.parametrize("rules", ["deny-haproxy-uid", "allow-another-uid"])
-def test_BUG_uid_rules_of_a_unix_listener_apply_behind_a_proxy_header(rules: str, tmp_path: Path, listen: Any,
-                                                                      unix_dir: str) -> None:
-    """BUG: a Unix listener's uid:/gid: allow/deny entries are skipped for every connection whose
-    PROXY header names an IP client, so a denied (or not allowed) peer is admitted.
+def test_uid_rules_of_a_unix_listener_judge_the_proxy_behind_a_header(rules: str, tmp_path: Path, listen: Any,
+                                                                     unix_dir: str) -> None:
+    """A Unix listener's uid:/gid: allow/deny entries judge the peer (the proxy) even when the
+    PROXY header names an IP client. (They were skipped, so a denied peer was admitted.)
 
-    Admission._after_proxy (reactor/admission.py, ``self._rules.permits(conn.client_address,
-    credentials)``) judges the proxied IP address; AccessRules.permits (reactor/access.py)
-    consults the credential entries only for a Unix-path client, and for an IP client with no
-    network allow entry (a Unix listener may have none) returns True. With ``proxy_trusted``
-    empty (the default) any local user bypasses a uid deny by sending a PROXY header.
+    The bug: AccessRules.permits consulted the credential entries only for a Unix-path client,
+    and for an IP client with no network allow entry returned True; with ``proxy_trusted``
+    empty (the default) any local user could bypass a uid deny by sending a PROXY header.
     """
     uid = os.getuid()  # HAProxy runs as we do
     path = os.path.join(unix_dir, "s.sock")
@@ -757,16 +755,15 @@ def test_BUG_uid_rules_of_a_unix_listener_apply_behind_a_proxy_header(rules: str
 
 
 @pytest.mark.parametrize("listener_family", ["ipv4-listener", "unix-listener"])
-def test_BUG_network_rules_may_name_the_proxied_clients_family(listener_family: str, tmp_path: Path,
-                                                               listen: Any, unix_dir: str) -> None:
-    """BUG: add_server refuses allow lists that can only match proxied clients.
+def test_network_rules_may_name_the_proxied_clients_family(listener_family: str, tmp_path: Path,
+                                                           listen: Any, unix_dir: str) -> None:
+    """add_server takes allow lists that only proxied clients can match. (It refused them.)
 
     Behind HAProxy an IPv4 listener serves the IPv6 clients of an IPv6 frontend, and a Unix
-    listener serves TCP clients. But AccessRules.validate_for (reactor/access.py), called from
-    Admission.__init__ (reactor/admission.py) without regard to ``proxy_protocol``, raises
-    ValueError for an IPv6-only allow list on an AF_INET listener ("would refuse every
-    connection") and for any network entry on an AF_UNIX listener ("its clients have no IP
-    address"): such a backend cannot filter its real clients at all.
+    listener serves TCP clients. AccessRules.validate_for used to raise ValueError for an
+    IPv6-only allow list on an AF_INET listener and for any network entry on an AF_UNIX
+    listener, whatever ``proxy_protocol`` said: such a backend could not filter its real
+    clients at all.
     """
     if listener_family == "ipv4-listener":
         need_ipv6()
@@ -800,15 +797,12 @@ def test_BUG_network_rules_may_name_the_proxied_clients_family(listener_family: 
         server.server_close()
 
 
-def test_BUG_a_network_allow_list_refuses_a_proxied_unix_client() -> None:
-    """BUG (not from HAProxy 2.6, which sends LOCAL for its Unix-socket clients; any v2 sender
-    may name AF_UNIX addresses): a TCP listener with ``allow=["192.0.2.0/24"]`` admits a
-    connection whose v2 header names Unix-socket addresses.
-
-    _as_client_address (reactor/admission.py) makes the Unix source path the client address;
-    AccessRules.permits (reactor/access.py) classifies a str as a Unix client and answers from
-    the credential entries alone: none configured, so True, although "a non-empty allow list
-    refuses everyone else" (README).
+def test_a_network_allow_list_refuses_a_proxied_unix_client() -> None:
+    """(Not from HAProxy 2.6, which sends LOCAL for its Unix-socket clients; any v2 sender
+    may name AF_UNIX addresses): a TCP listener with ``allow=["192.0.2.0/24"]`` refuses a
+    connection whose v2 header names Unix-socket addresses. (The Unix source path became the
+    client address, which AccessRules.permits judged by the credential entries alone: none
+    configured, so it was admitted.)
     """
     import struct
 
