@@ -1256,7 +1256,10 @@ def refused_from(address: Address, source: str) -> bool:
         sock.settimeout(5)
         sock.bind((source, 0))
         sock.connect(address)
-        sock.sendall(b"pid\n")
+        try:
+            sock.sendall(b"pid\n")
+        except ConnectionError:
+            return True
         return not_served(sock)
 
 
@@ -1281,7 +1284,7 @@ def stop_by_eof(tree: Tree) -> None:
 
 
 def test_server_stats_of_a_prefork_pool_sum_every_workers_counters(start: Callable[..., Tree]) -> None:
-    tree = start(STATS_SERVER, "--admission", "--workers", "2", "--heartbeat-timeout", "1")
+    tree = start(STATS_SERVER, "--admission", "--workers", "2")
     port, _ = tree.ready()
     address = ("127.0.0.1", int(port))
     served = pids_of_every_worker(address, 2)  # both workers count
@@ -1298,7 +1301,7 @@ def test_server_stats_of_a_prefork_pool_sum_every_workers_counters(start: Callab
 
 
 def test_server_stats_never_go_backwards_when_a_killed_worker_is_replaced(start: Callable[..., Tree]) -> None:
-    tree = start(STATS_SERVER, "--admission", "--workers", "2", "--heartbeat-timeout", "1")
+    tree = start(STATS_SERVER, "--admission", "--workers", "2")
     port, _ = tree.ready()
     address = ("127.0.0.1", int(port))
     first = pids_of_every_worker(address, 2)
@@ -1325,6 +1328,33 @@ def test_server_stats_never_go_backwards_when_a_killed_worker_is_replaced(start:
     wait_counts(tree, {"requests": 8, "admitted": 7, "refused_by_rule": 1})
     stop_by_eof(tree)
     assert f"worker {victim} died (killed by SIGKILL)" in tree.stderr()
+
+
+def test_server_stats_survive_the_arbiter_when_its_standby_takes_over(start: Callable[..., Tree]) -> None:
+    tree = start(STATS_SERVER, "--admission", "--workers", "2")
+    port, _ = tree.ready()
+    address = ("127.0.0.1", int(port))
+    for _ in range(3):
+        ask_pid(address)
+    assert refused_from(address, "127.0.0.2")
+    counts = {"requests": 4, "admitted": 3, "refused_by_rule": 1, "open": 0}
+    before = wait_counts(tree, counts)
+    arbiter = before["arbiter"]
+    os.kill(arbiter, signal.SIGKILL)
+    seen: list[dict[str, Any]] = []
+
+    def taken_over() -> bool:
+        stats = server_stats(tree)
+        seen.append(stats)
+        return stats["arbiter"] != arbiter and len(stats["ready"]) == 2
+
+    wait_for(taken_over, timeout=15, interval=0.02,
+             message=lambda: f"no standby took over with new workers; last stats: {seen[-1:]}")
+    for stats in seen:
+        assert {key: stats[key] for key in counts} == counts, f"the counts changed when {arbiter} died: {stats}"
+    ask_pid(address)
+    wait_counts(tree, {"requests": 5, "admitted": 4, "refused_by_rule": 1})
+    stop_by_eof(tree)
 
 
 @pytest.mark.parametrize("admission", [False, True], ids=["plain", "admission"])

@@ -31,7 +31,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", default="prefork", choices=["inline", "threadpool", "prefork"])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--heartbeat-timeout", type=float, default=2.0)
+    parser.add_argument("--heartbeat-timeout", type=float, default=4.0)
     parser.add_argument("--admission", action="store_true")
     args = parser.parse_args()
     setup_process()
