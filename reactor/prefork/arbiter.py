@@ -2,11 +2,13 @@
 
 It forks, reaps, watches (heartbeats) and replaces the workers, obeys the
 master's commands and reports to it over the control socket, and keeps a
-standby ready to take its place. It also sums the stats the workers send with
-their heartbeats (``_stats.PoolCounters``) and reports the sum to the master
-when it changed, at most once per quarter heartbeat interval. It holds its listener, its control socket,
+standby ready to take its place. It holds its listener, its control socket,
 stdio and its own pipes (the workers' heartbeats, their death pipe, its
 standby's pipe), and nothing else of the master's.
+
+It also sums the stats the workers send with their heartbeats
+(``_stats.PoolCounters``) and reports the sum to the master when it changed,
+at most once per quarter heartbeat interval, and once more before it exits.
 """
 
 from __future__ import annotations
