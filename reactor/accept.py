@@ -64,13 +64,13 @@ from typing import Any, Callable
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._ratelimit import RateLimitedLog
 from ._timers import TimerHandle
-from .admission import Admission, AdmissionOptions
+from .admission import ADMISSION_COUNTERS, Admission, AdmissionOptions
 from .keepalive import DEFAULT_KEEPALIVE_TIMEOUT, KeptConnection, Parking, parking_factory
 from .loop import EventLoop
 
 __all__ = [
-    "Dispatch", "HostedServer", "HostingOptions", "Inline", "PauseReason", "close_parked", "describe_server",
-    "make_nonblocking", "process_request_safely", "serve_parked",
+    "Dispatch", "HostedServer", "HostingOptions", "Inline", "PauseReason", "STATS_GAUGES", "close_parked",
+    "describe_server", "make_nonblocking", "process_request_safely", "serve_parked",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,10 @@ DEFAULT_ACCEPT_BATCH = 64
 #: First and largest delay before retrying a listener paused by resource exhaustion.
 EXHAUSTION_BACKOFF_MIN = 0.05
 EXHAUSTION_BACKOFF_MAX = 1.0
+#: Keys of ``HostedServer.stats()`` that are gauges (how many now), not counters (how many so
+#: far). A topology that sums its processes' stats (``Prefork``) sums these over the live
+#: processes only, and carries every other key over from processes that exited.
+STATS_GAUGES = frozenset({"open", "admitting", "parked"})
 
 
 class PauseReason(str, enum.Enum):
@@ -345,8 +349,11 @@ class HostedServer:
         self._idle_timer: TimerHandle | None = None
         self._last_activity = reactor.time()
         self._calls_service_actions = _overrides(server, "service_actions")
-        self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0,
+        # Every key from the start (stats() has one shape), and no key added later by another thread.
+        self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0, "io_timeouts": 0,
                         "dispatched": 0, "resumed": 0, "keepalive_expired": 0}
+        if options.admission.active:
+            self._counts.update(dict.fromkeys(ADMISSION_COUNTERS, 0))
         #: One rate limit per cause (an errno, an exception class, "io_timeout") for everything
         #: a client can make this server warn about.
         self._warnings = RateLimitedLog(logger)
@@ -373,15 +380,25 @@ class HostedServer:
 
     def stats(self) -> dict[str, int]:
         """Counters: requests taken, requests lost before they were taken,
-        datagram replies the peer could not take, exhaustion pauses, handler
-        runs handed to the dispatch (``dispatched``, of which ``resumed`` were
-        parked connections' next requests), parked connections closed idle
-        (``keepalive_expired``) and parked now (``parked``); with admission,
-        connections admitted and refused by cause, and open now."""
+        datagram replies the peer could not take, exhaustion pauses, handlers
+        that hit ``io_timeout``, handler runs handed to the dispatch
+        (``dispatched``, of which ``resumed`` were parked connections' next
+        requests), parked connections closed idle (``keepalive_expired``); the
+        gauge ``parked`` (now); with admission, connections admitted and
+        refused by cause, and the gauges open and admitting now
+        (:data:`STATS_GAUGES` names the gauges).
+
+        Every key is present from construction on, zero until it happens: the
+        shape depends only on the hosting options, so an unstarted
+        HostedServer's stats() is the zero shape a topology reports before
+        its processes do.
+        """
         counts = dict(self._counts, requests=self.requests_taken,
                       parked=self._parking.parked if self._parking is not None else 0)
-        if self._admission is not None:
-            counts.update(open=self._admission.open, admitting=self._admission.pending)
+        if self._options.admission.active:
+            admission = self._admission
+            counts.update(open=admission.open if admission is not None else 0,
+                          admitting=admission.pending if admission is not None else 0)
         return counts
 
     @property
@@ -416,7 +433,7 @@ class HostedServer:
 
     def io_timed_out(self, client_address: Any, exc: TimeoutError) -> None:
         """Count a handler that gave up on a silent client after ``io_timeout``; logged rate-limited."""
-        self._counts["io_timeouts"] = self._counts.get("io_timeouts", 0) + 1
+        self._counts["io_timeouts"] += 1
         self._warnings.warning(
             "io_timeout", "%s: closed the connection of %r: no I/O within io_timeout=%ss (%d so far)",
             self.name, client_address, self._options.admission.io_timeout, self._counts["io_timeouts"])

@@ -50,9 +50,13 @@ from .proxy_protocol import ProxyHeader, ProxyHeaderError, ProxyParser
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Admission", "AdmissionOptions", "RequestInfo", "request_info"]
+__all__ = ["ADMISSION_COUNTERS", "Admission", "AdmissionOptions", "RequestInfo", "request_info"]
 
 logger = logging.getLogger(__name__)
+
+#: The counters admission adds to its server's stats: admitted, and dropped by cause.
+ADMISSION_COUNTERS = ("admitted", "refused_by_rule", "refused_by_limit", "proxy_errors", "tls_failures",
+                      "timeouts", "closed_early")
 
 #: Most bytes peeked at once while reading a PROXY header: a v1 header, or a v2
 #: header with its usual TLVs, in one read; a longer one takes a few.
@@ -210,8 +214,7 @@ class Admission:
         self._open: dict[int, Any] = {}
         self._at_capacity = False
         self._log = RateLimitedLog(logger)
-        for name_ in ("admitted", "refused_by_rule", "refused_by_limit", "proxy_errors", "tls_failures",
-                      "timeouts", "closed_early"):
+        for name_ in ADMISSION_COUNTERS:
             counts.setdefault(name_, 0)
 
     @property

@@ -337,8 +337,20 @@ class Reactor(EventLoop):
         return self.attachment_of(server).dispatch
 
     def server_stats(self, server: Any) -> dict[str, Any]:
-        """Counters of ``server``'s hosting (requests taken, requests lost before they were
-        taken, datagram replies lost, exhaustion pauses; a topology's own shape).
+        """Counters of ``server``'s hosting, one shape for every strategy.
+
+        ``Inline`` and ``ThreadPool`` give ``HostedServer.stats()``: requests
+        taken, requests lost before they were taken (``dropped``), datagram
+        replies lost, exhaustion pauses, ``io_timeouts``; with connection
+        options also ``admitted``, ``refused_by_rule``, ``refused_by_limit``,
+        ``proxy_errors``, ``tls_failures``, ``timeouts``, ``closed_early`` and
+        the gauges ``open`` and ``admitting`` (``accept.STATS_GAUGES``). Every
+        key is present, zero until it happens. ``Prefork`` gives the same keys
+        summed over its workers (counters never go backwards when a worker is
+        replaced; gauges count the live workers), as last reported with their
+        heartbeats, plus the pool's own keys ``workers``, ``pids``, ``ready``,
+        ``arbiter`` and ``spawned`` (see ``Prefork.stats()``). Returns at
+        once: it never waits for another thread or process.
 
         Raises:
             KeyError: the server is not hosted here.
