@@ -58,7 +58,7 @@ import logging
 import os
 import socket
 import socketserver as _stdlib_socketserver
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
@@ -80,6 +80,9 @@ DEFAULT_ACCEPT_BATCH = 64
 #: First and largest delay before retrying a listener paused by resource exhaustion.
 EXHAUSTION_BACKOFF_MIN = 0.05
 EXHAUSTION_BACKOFF_MAX = 1.0
+#: ``io_timeout`` of a stream handler that runs in the loop's own thread, unless told otherwise:
+#: one silent client then stops every server on the loop for at most this long.
+DEFAULT_INLINE_IO_TIMEOUT = 30.0
 #: Keys of ``HostedServer.stats()`` that are gauges (how many now), not counters (how many so
 #: far). A topology that sums its processes' stats (``Prefork``) sums these over the live
 #: processes only, and carries every other key over from processes that exited.
@@ -360,6 +363,7 @@ class HostedServer:
         self._admission: Admission | None = None
         self._patched_close_request: Callable[[Any], None] | None = None
         self._parking: Parking | None = None
+        self._io_timeout = self._resolve_io_timeout()
         #: The server's RequestHandlerClass last seen, and its parking variant (one tuple: read from many threads).
         self._parking_variant: tuple[Any, Callable[..., Any] | None] = (None, None)
 
@@ -427,16 +431,21 @@ class HostedServer:
         self._parking.hold(conn)
 
     @property
+    def io_timeout(self) -> float | None:
+        """The timeout given to each connection's socket before its handler runs (None: blocking)."""
+        return self._io_timeout
+
+    @property
     def has_io_timeout(self) -> bool:
         """True when handed-over connections carry an ``io_timeout``."""
-        return self._options.admission.io_timeout is not None
+        return self._io_timeout is not None
 
     def io_timed_out(self, client_address: Any, exc: TimeoutError) -> None:
         """Count a handler that gave up on a silent client after ``io_timeout``; logged rate-limited."""
         self._counts["io_timeouts"] += 1
         self._warnings.warning(
             "io_timeout", "%s: closed the connection of %r: no I/O within io_timeout=%ss (%d so far)",
-            self.name, client_address, self._options.admission.io_timeout, self._counts["io_timeouts"])
+            self.name, client_address, self._io_timeout, self._counts["io_timeouts"])
 
     def reply_lost(self, client_address: Any, exc: OSError) -> None:
         """Count a datagram reply the peer could not take; logged rate-limited."""
@@ -552,6 +561,7 @@ class HostedServer:
         server = self._server
         reactor = self.reactor
         dispatch = self._dispatch
+        io_timeout = self._io_timeout
         taken = submitted = 0
         for _ in range(self.accept_batch):
             # A handler may have stopped the reactor, paused or even removed
@@ -586,9 +596,9 @@ class HostedServer:
                     self._admission.take(request, client_address)
                     continue
                 # BSD and macOS hand out accepted sockets with the listener's
-                # O_NONBLOCK; re-applying the socket's own timeout makes the
-                # descriptor agree with what the handler expects.
-                request.settimeout(request.gettimeout())
+                # O_NONBLOCK; setting the timeout (the socket's own, without
+                # io_timeout) makes the descriptor agree with what the handler expects.
+                request.settimeout(request.gettimeout() if io_timeout is None else io_timeout)
             submitted += 1
             dispatch.submit(self, request, client_address)
         if taken:
@@ -605,7 +615,8 @@ class HostedServer:
         if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
             raise ValueError(f"{self.name}: connection options (TLS, PROXY, limits, timeouts) "
                              "apply to stream servers only")
-        admission = Admission(self.reactor, self.name, self._options.admission, sock.family,
+        options = replace(self._options.admission, io_timeout=self._io_timeout)
+        admission = Admission(self.reactor, self.name, options, sock.family,
                               self._submit_admitted, self._counts, self._pause_at_capacity)
         original = self._server.close_request
 
@@ -628,6 +639,17 @@ class HostedServer:
             return
         self._counts["dispatched"] += 1
         self._dispatch.submit(self, request, client_address)
+
+    def _resolve_io_timeout(self) -> float | None:
+        timeout = self._options.admission.io_timeout
+        if timeout is None:
+            sock = getattr(self._server, "socket", None)
+            in_loop_thread = (type(self._dispatch).submit is Dispatch.submit
+                              and not _overrides(self._server, "process_request"))
+            if in_loop_thread and isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM:
+                return DEFAULT_INLINE_IO_TIMEOUT
+            return None
+        return timeout or None  # 0: blocking
 
     # -- parking ---------------------------------------------------------------
 

@@ -80,7 +80,12 @@ class AdmissionOptions:
         wait_for_data: seconds to wait for the client's first bytes before
             handing the connection over (None: hand it over at once).
         io_timeout: the handed-over socket's timeout, so no handler waits on
-            a client longer than that (None: blocking, as socketserver).
+            a client longer than that; 0: none (blocking, as socketserver);
+            None: the host's default: ``DEFAULT_INLINE_IO_TIMEOUT`` for a
+            handler that runs in the loop's own thread (``Inline``), none for
+            others and for a standalone compat server's ``serve_forever()``.
+            Given (not None or 0), connections go through admission, so that
+            ``request_info()`` answers for them.
         keepalive_timeout: seconds a connection may wait parked between two
             requests (``reactor.keepalive``); 0 turns parking off; None means
             the host's default: ``DEFAULT_KEEPALIVE_TIMEOUT`` on
@@ -109,12 +114,12 @@ class AdmissionOptions:
         for name in ("handshake_timeout", "header_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("wait_for_data", "io_timeout"):
+        if self.wait_for_data is not None and self.wait_for_data <= 0:
+            raise ValueError("wait_for_data must be positive or None")
+        for name in ("io_timeout", "keepalive_timeout"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None")
-        if self.keepalive_timeout is not None and self.keepalive_timeout < 0:
-            raise ValueError("keepalive_timeout must be positive, 0 (off) or None (the default)")
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be positive, 0 (off) or None (the default)")
 
     def keywords(self) -> dict[str, Any]:
         """These options as ``Reactor.add_server`` keywords."""
@@ -123,7 +128,9 @@ class AdmissionOptions:
     @property
     def active(self) -> bool:
         """True when anything is asked of admission (else connections go straight to the dispatch)."""
-        return replace(self, keepalive_timeout=None) != _NOTHING
+        # keepalive_timeout is not an admission stage; io_timeout makes the
+        # connection's request_info() available only when asked for explicitly.
+        return replace(self, io_timeout=self.io_timeout or None, keepalive_timeout=None) != _NOTHING
 
 
 _NOTHING = AdmissionOptions()

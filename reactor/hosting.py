@@ -198,7 +198,11 @@ class Reactor(EventLoop):
             wait_for_data: hand a connection over only once its client sent
                 something, within this many seconds (None: at once).
             io_timeout: the timeout of the handler's socket, so no client holds
-                a worker or the loop longer than that (None: blocking).
+                a worker or the loop longer than that. None: 30 s
+                (``DEFAULT_INLINE_IO_TIMEOUT``) for a stream handler that runs
+                in the loop's thread (``Inline``, where one silent client would
+                stop every server on the loop), blocking for the others; 0:
+                blocking.
             keepalive_timeout: seconds a connection may wait *parked* between
                 two requests, holding no thread (see ``reactor.keepalive``): for
                 handlers that expose a request boundary, e.g. unmodified HTTP/1.1

@@ -373,9 +373,12 @@ class BaseServer(_std.BaseServer):
             # Shut down before it started: return without binding a dispatch.
             if not reactor.stopping:
                 admission = self.connection_options.keywords() if self.connection_options is not None else {}
-                if admission.get("keepalive_timeout") is None and self.dispatch is None:
-                    # Used as the stdlib's, it behaves as the stdlib's: a handler keeps its connection.
-                    admission["keepalive_timeout"] = 0
+                if self.dispatch is None:
+                    # Used as the stdlib's, it behaves as the stdlib's: a handler keeps its
+                    # connection, blocking, unless connection_options says otherwise.
+                    for option in ("keepalive_timeout", "io_timeout"):
+                        if admission.get(option) is None:
+                            admission[option] = 0
                 reactor.add_server(self, self.dispatch, service_interval=poll_interval, handle_timeouts=False,
                                    **admission)
                 try:
