@@ -13,6 +13,7 @@ import contextlib
 import functools
 import http.client
 import http.server
+import os
 import socket
 import ssl
 import threading
@@ -24,7 +25,7 @@ import pytest
 
 from reactor import Inline, Reactor, ThreadPool, socketserver
 from reactor.keepalive import RequestLoop, parking_factory
-from support import QuietHTTPHandler, reactor_thread, wait_for
+from support import QuietHTTPHandler, ipv6_available, reactor_thread, wait_for
 
 CLIENT_TIMEOUT = 5.0
 
@@ -279,6 +280,43 @@ def test_leaving_closes_parked_connections_at_once(dispatch: Any) -> None:
         assert server.events[-3:] == ["finish", "shutdown_request", "close_request"]
     finally:
         reactor.close()
+        server.server_close()
+
+
+class UpperLoop(RequestLoop, socketserver.StreamRequestHandler):
+    def handle_one_request(self) -> None:
+        line = self.rfile.readline()
+        if not line:
+            self.close_connection = True
+            return
+        self.wfile.write(line.upper())
+
+
+@pytest.mark.parametrize("family", ["tcp4", "tcp6", "unix"])
+def test_connections_park_on_every_stream_family(family: str, unix_dir: str) -> None:
+    reactor = Reactor()
+    if family == "unix":
+        server: Any = socketserver.UnixStreamServer(os.path.join(unix_dir, "s.sock"), UpperLoop)
+    else:
+        if family == "tcp6" and not ipv6_available():
+            pytest.fail("IPv6 loopback is needed") if os.environ.get("CI") else pytest.skip("no IPv6")
+        server = socketserver.TCPServer(("127.0.0.1" if family == "tcp4" else "::1", 0), UpperLoop)
+    try:
+        reactor.add_server(server, ThreadPool(1, 0))
+        with reactor_thread(reactor):
+            address = server.server_address
+            sockets = [socket.socket(server.address_family, socket.SOCK_STREAM) for _ in range(3)]
+            with contextlib.ExitStack() as stack:
+                for sock in sockets:
+                    stack.enter_context(sock)
+                    sock.settimeout(CLIENT_TIMEOUT)
+                    sock.connect(address)
+                for round_ in range(3):  # three connections take turns on one worker
+                    for index, sock in enumerate(sockets):
+                        sock.sendall(f"r{round_}c{index}\n".encode())
+                        assert sock.recv(100) == f"R{round_}C{index}\n".encode()
+                assert reactor.server_stats(server)["resumed"] >= 6
+    finally:
         server.server_close()
 
 
