@@ -43,16 +43,21 @@ Rules
    Parked connections are idle, not in flight: leaving closes them at once.
 9. A stream server whose handler exposes a request boundary parks its
    keep-alive connections between requests (``reactor.keepalive``): the
-   dispatch runs each connection's next request through ``resume()``, as it
-   runs a new one through ``submit()``. Parking needs the server to build its
-   handler as ``BaseServer`` does (``process_request``/``finish_request`` not
-   overridden) and a strategy that implements ``resume()`` when it
-   implements ``submit()``.
+   dispatch runs each connection's next request as a :class:`Job` through
+   ``submit_job()``, as it runs a new one through ``submit()``. Parking needs
+   the server to build its handler as ``BaseServer`` does
+   (``process_request``/``finish_request`` not overridden) and a strategy
+   that implements ``submit_job()`` when it implements ``submit()``.
+10. A server that keeps connections after ``process_request`` returns
+   (``reactor.protocol``'s servers) may define ``drain_connections(on_drained)
+   -> seconds`` and ``abort_connections()``: leaving then waits for both the
+   dispatch and the server, under the longer of their deadlines.
 """
 
 from __future__ import annotations
 
 import enum
+import typing
 import errno
 import logging
 import os
@@ -69,7 +74,7 @@ from .keepalive import DEFAULT_KEEPALIVE_TIMEOUT, KeptConnection, Parking, parki
 from .loop import EventLoop
 
 __all__ = [
-    "Dispatch", "HostedServer", "HostingOptions", "Inline", "PauseReason", "STATS_GAUGES", "close_parked",
+    "Dispatch", "HostedServer", "HostingOptions", "Inline", "Job", "PauseReason", "STATS_GAUGES", "close_parked",
     "describe_server", "make_nonblocking", "process_request_safely", "serve_parked",
 ]
 
@@ -258,6 +263,32 @@ def _request_interrupted(server: Any, request: Any, exc: BaseException) -> None:
                      getattr(handler, "__qualname__", handler), exc.code)
 
 
+class Job(typing.Protocol):
+    """Work a strategy runs beside requests (``Dispatch.submit_job``)."""
+
+    def run(self) -> None:
+        """Do the work, in one of the strategy's threads; never raises ``Exception``."""
+
+    def cancel(self) -> None:
+        """The strategy will not run it (the server left before it could): release what it holds."""
+
+
+class _NextRequest:
+    """The job of serving a parked connection's next request."""
+
+    __slots__ = ("hosted", "conn")
+
+    def __init__(self, hosted: HostedServer, conn: KeptConnection) -> None:
+        self.hosted = hosted
+        self.conn = conn
+
+    def run(self) -> None:
+        serve_parked(self.hosted, self.conn)
+
+    def cancel(self) -> None:
+        close_parked(self.hosted, self.conn)
+
+
 class Dispatch:
     """Base of per-request strategies: where each request a hosted server takes runs.
 
@@ -275,9 +306,10 @@ class Dispatch:
         """Run the hooks for one request (see ``process_request_safely``)."""
         process_request_safely(hosted.server, request, client_address, hosted)
 
-    def resume(self, hosted: HostedServer, conn: KeptConnection) -> None:
-        """Run the next request of a parked connection (see ``serve_parked``)."""
-        serve_parked(hosted, conn)
+    def submit_job(self, hosted: HostedServer, job: Job) -> None:
+        """Run ``job.run()`` where requests run: the next request of a parked connection,
+        a framed message. The base class runs it at once, in the loop's thread."""
+        job.run()
 
     def begin_drain(self, hosted: HostedServer, on_drained: Callable[[], None]) -> float:
         """Let requests in flight finish; call ``on_drained()`` in the loop's thread once none is left
@@ -494,12 +526,28 @@ class HostedServer:
         if not self._bound:
             on_drained()
             return 0.0
-        return self._dispatch.begin_drain(self, on_drained)
+        drain_connections = getattr(self._server, "drain_connections", None)
+        if drain_connections is None:
+            return self._dispatch.begin_drain(self, on_drained)
+        # The server keeps connections of its own (rule 10): drained once both are.
+        waiting = [2]
+
+        def one_drained() -> None:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                on_drained()
+
+        dispatch_timeout = self._dispatch.begin_drain(self, one_drained)
+        server_timeout: float = drain_connections(one_drained)
+        return max(dispatch_timeout, server_timeout)
 
     def abort(self) -> None:
         """Give up on requests still in flight (queued ones are closed unserved)."""
         if self._bound:
             self._dispatch.abort(self)
+            abort_connections = getattr(self._server, "abort_connections", None)
+            if abort_connections is not None:
+                abort_connections()
 
     def detach(self) -> None:
         """Stop reading, cancel timers, release the dispatch and the claim, restore the socket's mode."""
@@ -511,6 +559,7 @@ class HostedServer:
         if self._parking is not None:
             self._parking.close_all()
         if self._claimed and not self.reactor.closed:
+            self.reactor.remove_writer(self._fd, owner=self)  # a server's watch_writable()
             self.reactor.release(self._fd, self)
         self._claimed = False
         try:
@@ -528,6 +577,16 @@ class HostedServer:
             if self._restore_mode is not None:
                 self._restore_mode()
                 self._restore_mode = None
+
+    def watch_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` in the loop while the listening socket is writable (for a
+        server's own writes on it, e.g. a datagram server's queued replies)."""
+        self.reactor.add_writer(self._fd, callback, owner=self)
+
+    def unwatch_writable(self) -> None:
+        """Stop ``watch_writable()``."""
+        if self._claimed and not self.reactor.closed:
+            self.reactor.remove_writer(self._fd, owner=self)
 
     def _cancel_timers(self) -> None:
         for timer in (self._retry, self._service_timer, self._idle_timer):
@@ -662,13 +721,13 @@ class HostedServer:
                 or _overrides(self._server, "process_request") or _overrides(self._server, "finish_request")):
             return  # only a handler built the way BaseServer builds it can be driven a request at a time
         strategy = type(self._dispatch)
-        if strategy.submit is not Dispatch.submit and strategy.resume is Dispatch.resume:
+        if strategy.submit is not Dispatch.submit and strategy.submit_job is Dispatch.submit_job:
             return  # a strategy of its own that knows nothing of parking: next requests would run inline
         self._parking = Parking(self.reactor, timeout, self._resume_parked, self._close_parked, self._counts)
 
     def _resume_parked(self, conn: KeptConnection) -> None:
         self._counts["dispatched"] += 1
-        self._dispatch.resume(self, conn)
+        self._dispatch.submit_job(self, _NextRequest(self, conn))
 
     def _close_parked(self, conn: KeptConnection) -> None:
         close_parked(self, conn)

@@ -21,8 +21,7 @@ import logging
 import threading
 from typing import Any, Callable
 
-from .accept import Dispatch, HostedServer, Inline, PauseReason, close_parked, process_request_safely, serve_parked
-from .keepalive import KeptConnection
+from .accept import Dispatch, HostedServer, Inline, Job, PauseReason, process_request_safely
 
 __all__ = ["Dispatch", "Inline", "ThreadPool"]
 
@@ -33,8 +32,8 @@ _EXIT_JOIN_TIMEOUT = 1.0
 
 _worker_of = threading.local()
 
-#: The client address queued with a parked connection's next request (the connection is the request).
-_RESUME = object()
+#: The client address queued with a Job (the job is the request).
+_JOB = object()
 
 
 class ThreadPool(Dispatch):
@@ -116,9 +115,10 @@ class ThreadPool(Dispatch):
         """Queue one request for a worker; pause the server's socket when the pool is full."""
         self._enqueue(hosted, request, client_address)
 
-    def resume(self, hosted: HostedServer, conn: KeptConnection) -> None:
-        """Queue a parked connection's next request for any free worker (counted like a request)."""
-        self._enqueue(hosted, conn, _RESUME)
+    def submit_job(self, hosted: HostedServer, job: Job) -> None:
+        """Queue a job (a parked connection's next request, a framed message) for any free
+        worker; it counts toward the pool's capacity like a request."""
+        self._enqueue(hosted, job, _JOB)
 
     def _enqueue(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         with self._lock:
@@ -166,8 +166,8 @@ class ThreadPool(Dispatch):
             logger.warning("%s: closing %d queued requests unserved (drain aborted or past drain_timeout=%ss)",
                            hosted.name, len(unserved), self.drain_timeout)
             for request, client_address in unserved:
-                if client_address is _RESUME:
-                    close_parked(hosted, request)
+                if client_address is _JOB:
+                    request.cancel()
                 else:
                     hosted.server.shutdown_request(request)
 
@@ -213,8 +213,8 @@ class ThreadPool(Dispatch):
                 request, client_address = self._queue.popleft()
                 self._running += 1
             try:
-                if client_address is _RESUME:
-                    serve_parked(hosted, request)
+                if client_address is _JOB:
+                    request.run()
                 else:
                     process_request_safely(server, request, client_address, hosted)
             except BaseException:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import selectors
+import socket
 import socketserver as _stdlib_socketserver
 import threading
 from collections.abc import Callable, Iterable
@@ -41,6 +42,7 @@ from ._timers import TimerHandle
 from .accept import Dispatch, HostedServer, HostingOptions, Inline, describe_server
 from .admission import AdmissionOptions
 from .loop import EventLoop
+from .protocol import BaseProtocol, DatagramProtocol, DatagramServer, StreamServer
 
 if TYPE_CHECKING:
     import ssl
@@ -97,6 +99,18 @@ class Topology:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _runs_elsewhere(dispatch: Dispatch) -> bool:
+    """True for a per-request strategy that runs requests off the loop's thread (a thread pool)."""
+    return type(dispatch).submit is not Dispatch.submit
+
+
+def _socket_type_for(protocol_factory: Callable[[], BaseProtocol]) -> int:
+    """SOCK_DGRAM for a DatagramProtocol class, else SOCK_STREAM."""
+    if isinstance(protocol_factory, type) and issubclass(protocol_factory, DatagramProtocol):
+        return socket.SOCK_DGRAM
+    return socket.SOCK_STREAM
 
 
 class Reactor(EventLoop):
@@ -246,13 +260,87 @@ class Reactor(EventLoop):
             del self._attachments[key]
             attachment.detach()
             raise
-        if type(server).shutdown is _stdlib_socketserver.BaseServer.shutdown:
+        if getattr(type(server), "shutdown", None) is _stdlib_socketserver.BaseServer.shutdown:
             # An unmodified stdlib server's shutdown() waits for its own
             # serve_forever() to end, which never runs here: it would block
             # forever (and deadlock this loop from a handler).
             override = functools.partial(self.shutdown_server, server)
             server.shutdown = override
             self._shutdown_overrides[key] = override
+
+    def create_server(
+        self,
+        protocol_factory: Callable[[], BaseProtocol],
+        address: Any,
+        *,
+        family: int | None = None,
+        type: int | None = None,
+        dispatch: Dispatch | Topology | None = None,
+        backlog: int = socket.SOMAXCONN,
+        reuse_port: bool = False,
+        drain_timeout: float = 30.0,
+        mode: int | None = None,
+        max_packet_size: int = 65535,
+        **options: Any,
+    ) -> StreamServer | DatagramServer:
+        """Listen on ``address`` and serve it with event-driven protocols (``reactor.protocol``).
+
+        A stream server makes one ``protocol_factory()`` per connection (a
+        :class:`~reactor.protocol.Protocol`); a datagram server makes one for
+        the socket (a :class:`~reactor.protocol.DatagramProtocol`). Every
+        callback runs in this reactor's thread. The server is hosted like
+        any other: ``remove_server()`` takes it, and ``options`` are
+        ``add_server``'s keywords (TLS, PROXY protocol, access rules, limits,
+        deadlines; stream servers only).
+
+        Args:
+            protocol_factory: makes a protocol (a class, or any callable).
+            address: ``(host, port)`` (an IPv6 host selects AF_INET6), a Unix
+                socket path (str or bytes; ``"\\0name"`` for Linux's abstract
+                namespace).
+            family: the address family, where the address leaves it open.
+            type: ``socket.SOCK_STREAM`` or ``socket.SOCK_DGRAM``; default:
+                datagram when ``protocol_factory`` is a ``DatagramProtocol``
+                subclass, else stream.
+            dispatch: ``None`` (the loop's thread) or a ``Topology``
+                (``Prefork``: every worker process serves connections with its
+                own loop). A thread pool has nothing to do here: protocols
+                never block (framed message handlers run on pools).
+            backlog: the listen backlog (stream).
+            reuse_port: set ``SO_REUSEPORT``.
+            drain_timeout: seconds connections get to flush and close when the
+                server leaves (stream).
+            mode: permissions of a Unix socket file.
+            max_packet_size: the largest datagram taken; larger ones are
+                dropped and counted, never cut (datagram).
+
+        Returns:
+            The server (a ``StreamServer`` or ``DatagramServer``), already hosted.
+
+        Raises:
+            OSError: the address cannot be bound (the message names it).
+            ValueError: a ``dispatch`` that is a thread pool, or options that
+                do not apply.
+        """
+        if isinstance(dispatch, Dispatch) and _runs_elsewhere(dispatch):
+            raise ValueError(f"protocols run in the loop's thread: dispatch must be None or a Topology, "
+                             f"not {dispatch!r}")
+        if family is None:
+            family = socket.AF_UNIX if isinstance(address, (str, bytes)) else socket.AF_INET
+        sock_type = _socket_type_for(protocol_factory) if type is None else type
+        server: StreamServer | DatagramServer
+        if sock_type == socket.SOCK_DGRAM:
+            server = DatagramServer(protocol_factory, address, family=family, reuse_port=reuse_port,  # type: ignore[arg-type]
+                                    max_packet_size=max_packet_size, mode=mode)
+        else:
+            server = StreamServer(protocol_factory, address, family=family, backlog=backlog,  # type: ignore[arg-type]
+                                  reuse_port=reuse_port, drain_timeout=drain_timeout, mode=mode)
+        try:
+            self.add_server(server, dispatch, **options)
+        except BaseException:
+            server.server_close()
+            raise
+        return server
 
     def remove_server(self, server: Any, *, on_removed: Callable[[], object] | None = None) -> None:
         """Stop hosting ``server`` and hand it back unclosed, its socket mode restored.

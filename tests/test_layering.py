@@ -44,6 +44,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     ("binding", "loop"),
     ("admission", "keepalive"),
     ("accept",),
+    ("protocol",),
     ("hosting",),
     ("dispatch",),
     ("prefork",),
@@ -58,7 +59,8 @@ FORBIDDEN = {
     "binding": {"loop", "accept", "hosting", "socketserver", "dispatch", "prefork"},
     "admission": {"accept", "hosting", "socketserver", "dispatch", "prefork"},
     "keepalive": {"accept", "hosting", "socketserver", "dispatch", "prefork", "admission"},
-    "accept": {"hosting", "socketserver", "dispatch", "prefork"},
+    "accept": {"hosting", "socketserver", "dispatch", "prefork", "protocol"},
+    "protocol": {"hosting", "socketserver", "dispatch", "prefork"},
     "hosting": {"socketserver", "dispatch", "prefork"},
 }
 

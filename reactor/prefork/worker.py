@@ -21,8 +21,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..accept import Dispatch, HostedServer, PauseReason
-from ..keepalive import KeptConnection
+from ..accept import Dispatch, HostedServer, Job, PauseReason
 from ..dispatch import ThreadPool
 from ..hosting import Reactor
 from ._messages import HEARTBEAT, READY, stats_record
@@ -98,9 +97,9 @@ class _RequestLimit(Dispatch):
         self._counted(hosted)
         self.inner.submit(hosted, request, client_address)
 
-    def resume(self, hosted: HostedServer, conn: KeptConnection) -> None:
+    def submit_job(self, hosted: HostedServer, job: Job) -> None:
         self._counted(hosted)  # a keep-alive connection's next request counts as one
-        self.inner.resume(hosted, conn)
+        self.inner.submit_job(hosted, job)
 
     def _counted(self, hosted: HostedServer) -> None:
         self.count += 1

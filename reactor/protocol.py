@@ -1,0 +1,824 @@
+"""Event-driven connections: ``Protocol`` callbacks over a ``Transport`` the loop owns.
+
+The socketserver model gives each connection a blocking handler. New code
+that serves many mostly idle connections in one thread wants events instead:
+``Reactor.create_server(factory, address)`` makes a listener whose every
+connection gets a :class:`Protocol` instance from ``factory()``, driven by
+the loop through a :class:`Transport`. Names and meanings follow asyncio's,
+so that knowledge carries over; the docstrings say where they differ.
+
+Theory of operation
+-------------------
+The listener is an ordinary hosted server (the stdlib duck type), so
+everything ``add_server`` does applies unchanged: access rules and limits,
+PROXY headers, TLS handshakes in the loop, first-byte and I/O deadlines,
+counters, graceful leaving. Only at ``process_request`` does the path differ:
+instead of running a handler, the server wraps the admitted socket in a
+``Transport`` and calls ``connection_made``; from then on the loop calls the
+protocol when bytes arrive, and the connection costs no thread.
+
+Rules
+-----
+1. Every protocol callback runs in the loop's thread. ``connection_made``
+   comes first, ``connection_lost`` last and exactly once; nothing is called
+   in between after ``connection_lost``.
+2. ``write()`` sends at once and buffers only what the kernel did not take;
+   the writer is registered only while something is buffered (write
+   interest is never toggled for a write that completes). The buffer is a
+   ``bytearray`` trimmed from the front (amortised O(1)), never re-sliced.
+3. Flow control: above the high-water mark the protocol's
+   ``pause_writing()`` is called, at or below the low-water mark
+   ``resume_writing()``. The buffer is not capped beyond that: a protocol
+   that ignores ``pause_writing()`` owns its memory.
+4. Reading: one ``recv`` per readiness event, and more only while each read
+   fills the buffer (up to a bounded number per event), so a request/reply
+   connection pays no extra system call and a bulk sender cannot starve
+   the others. Under TLS, bytes OpenSSL already decrypted are read too.
+5. A protocol callback that raises is logged with the connection, and that
+   connection is aborted (``connection_lost`` receives the exception); the
+   loop and every other connection go on.
+6. Leaving (``remove_server``, ``close()``, SIGTERM): the listener stops
+   accepting, each transport stops reading and closes once its buffer is
+   flushed, all under the server's ``drain_timeout``; what is left is aborted.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._errors import RequestDropped
+from ._platform import HAS_RECVMSG_TRUNC
+from ._ratelimit import RateLimitedLog
+from .admission import request_info
+from .binding import UnixSocketPath, create_server_socket, describe_address
+from .loop import EventLoop
+
+if TYPE_CHECKING:
+    from .accept import HostedServer
+
+__all__ = [
+    "BaseProtocol", "DatagramProtocol", "DatagramServer", "DatagramTransport", "Protocol", "StreamServer",
+    "Transport",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Default write-buffer marks (asyncio's): pause the producer above 64 KiB, resume at 16 KiB.
+DEFAULT_HIGH_WATER = 64 * 1024
+#: Most bytes asked of one ``recv``.
+MAX_READ = 256 * 1024
+#: Most reads per readiness event (each only when the previous one filled the buffer).
+READS_PER_EVENT = 16
+#: Datagrams a DatagramTransport queues (beyond the high-water mark they are dropped).
+MAX_QUEUED_DATAGRAMS = 1024
+
+_MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0))
+
+#: Errors that say the peer went away: logged at debug level, not as failures.
+_PEER_GONE = frozenset(getattr(errno, name) for name in ("ECONNRESET", "EPIPE", "ECONNABORTED", "ETIMEDOUT",
+                                                         "ENOTCONN", "ESHUTDOWN") if hasattr(errno, name))
+
+
+class BaseProtocol:
+    """What every protocol can be told: the connection came, went, or its writes back up."""
+
+    def connection_made(self, transport: Any) -> None:
+        """The connection is ready; ``transport`` is how to talk on it."""
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The connection is closed (``exc`` is None for a clean close or EOF)."""
+
+    def pause_writing(self) -> None:
+        """The transport's buffer went above its high-water mark: stop writing for now."""
+
+    def resume_writing(self) -> None:
+        """The buffer drained to its low-water mark: writing may go on."""
+
+
+class Protocol(BaseProtocol):
+    """The callbacks of one stream connection (TCP over IPv4/IPv6, Unix stream), as asyncio's.
+
+    Subclass it and override what you need; the loop calls ``connection_made``
+    first, then ``data_received`` for each chunk of bytes and
+    ``eof_received`` when the peer stops sending, then ``connection_lost``.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        """Some bytes arrived (any split: messages need framing of their own)."""
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its sending side. Return a true value to keep writing (a
+        half-close); otherwise the transport closes itself. Under TLS the value is ignored."""
+        return None
+
+
+class DatagramProtocol(BaseProtocol):
+    """The callbacks of a datagram endpoint (UDP, Unix datagram), as asyncio's."""
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """One datagram arrived from ``addr`` (one too large for the buffer is dropped, never cut)."""
+
+    def error_received(self, exc: OSError) -> None:
+        """A send failed (e.g. ECONNREFUSED from an ICMP message), or a reply was dropped."""
+
+
+class Transport:
+    """One stream connection owned by the loop; what a :class:`Protocol` writes to.
+
+    Made by the server for each admitted connection; not instantiated by users.
+    Differences from asyncio: ``get_extra_info("ssl_object")`` is the
+    non-blocking ``ssl.SSLSocket`` (no ``SSLObject``), and the extra names
+    ``client_address``, ``proxy_address`` and ``request_info`` carry what
+    admission learned (the proxied client behind a PROXY header).
+
+    Thread-safety: every method belongs to the loop's thread.
+    """
+
+    __slots__ = ("_loop", "_sock", "_fd", "_protocol", "_server", "_client_address", "_buffer", "_high", "_low",
+                 "_reading", "_started", "_closing", "_lost", "_eof_pending", "_eof_sent", "_protocol_paused",
+                 "_writer_registered", "_would_block", "_tls", "_dropped_writes", "__weakref__")
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, protocol: Protocol, server: StreamServer,
+                 client_address: Any) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._server = server
+        self._client_address = client_address
+        self._buffer = bytearray()
+        self._high = DEFAULT_HIGH_WATER
+        self._low = DEFAULT_HIGH_WATER // 4
+        self._reading = True
+        self._started = False
+        self._closing = False
+        self._lost = False
+        self._eof_pending = False
+        self._eof_sent = False
+        self._protocol_paused = False
+        self._writer_registered = False
+        self._dropped_writes = 0
+        ssl = sys.modules.get("ssl")
+        self._tls = ssl is not None and isinstance(sock, ssl.SSLSocket)
+        if self._tls:
+            assert ssl is not None
+            self._would_block: tuple[type[BaseException], ...] = (
+                BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        else:
+            self._would_block = (BlockingIOError, InterruptedError)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._lost else "closing" if self._closing else "open"
+        return f"<Transport fd={self._fd} {state} client={self._client_address!r}>"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Call ``connection_made`` and start reading (unless the protocol paused or closed)."""
+        self._started = True
+        try:
+            self._protocol.connection_made(self)
+        except Exception as exc:
+            self._callback_failed("connection_made", exc)
+            return
+        if self._reading and not self._closing:
+            self._loop.add_reader(self._fd, self._read_ready)
+
+    def is_closing(self) -> bool:
+        """True once ``close()`` or ``abort()`` was called, or the connection was lost."""
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; close once everything buffered is written, then ``connection_lost(None)``."""
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        if not self._buffer:
+            self._loop.call_soon(self._finish, None)
+
+    def abort(self) -> None:
+        """Close at once, discarding what is buffered; ``connection_lost(None)`` follows."""
+        self._force_close(None)
+
+    # -- reading ---------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        """True unless reading is paused or the transport is closing."""
+        return self._reading and not self._closing
+
+    def pause_reading(self) -> None:
+        """Stop calling ``data_received`` until ``resume_reading()`` (honoured in ``connection_made`` too)."""
+        if not self._reading or self._closing:
+            return
+        self._reading = False
+        if self._started:
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        """Call ``data_received`` again as bytes arrive."""
+        if self._reading or self._closing:
+            return
+        self._reading = True
+        if self._started:
+            self._loop.add_reader(self._fd, self._read_ready)
+            if self._tls and self._sock.pending():  # type: ignore[attr-defined]
+                self._loop.call_soon(self._read_ready)  # decrypted bytes the selector cannot see
+
+    def _read_ready(self) -> None:
+        sock = self._sock
+        protocol = self._protocol
+        for _ in range(READS_PER_EVENT):
+            try:
+                data = sock.recv(MAX_READ)
+            except self._would_block:
+                return
+            except OSError as exc:
+                if self._tls and type(exc).__name__ == "SSLEOFError":
+                    data = b""  # the peer closed without close_notify: an EOF all the same
+                else:
+                    self._fatal(exc)
+                    return
+            if not data:
+                self._eof_received()
+                return
+            try:
+                protocol.data_received(data)
+            except Exception as exc:
+                self._callback_failed("data_received", exc)
+                return
+            if not self._reading or self._closing:
+                return
+            if len(data) < MAX_READ and not (self._tls and sock.pending()):  # type: ignore[attr-defined]
+                return  # the kernel had no more: don't pay for an EAGAIN
+
+    def _eof_received(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._reading = False
+        try:
+            keep_open = self._protocol.eof_received()
+        except Exception as exc:
+            self._callback_failed("eof_received", exc)
+            return
+        if not keep_open or self._tls:
+            self.close()
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``: at once as far as the kernel takes it, the rest from the loop.
+
+        Raises:
+            TypeError: ``data`` is not bytes-like.
+            RuntimeError: after ``write_eof()``.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if self._eof_pending:
+            raise RuntimeError("write() after write_eof()")
+        if self._closing:
+            self._dropped_writes += 1
+            if self._dropped_writes == 1:
+                logger.warning("%r: write() after close() or abort(): dropped", self)
+            return
+        if not data:
+            return
+        if not self._buffer:
+            try:
+                sent = self._sock.send(data)
+            except self._would_block:
+                sent = 0
+            except OSError as exc:
+                self._fatal(exc)
+                return
+            if sent == len(data):
+                return
+            if sent:
+                data = memoryview(data)[sent:]
+            self._loop.add_writer(self._fd, self._write_ready)
+            self._writer_registered = True
+        self._buffer += data
+        self._maybe_pause_protocol()
+
+    def writelines(self, chunks: Any) -> None:
+        """Write every chunk of an iterable of bytes-like objects, as one write."""
+        self.write(b"".join(chunks))
+
+    def can_write_eof(self) -> bool:
+        """True for plain streams; False under TLS (its close ends both directions)."""
+        return not self._tls
+
+    def write_eof(self) -> None:
+        """Close the sending side once everything buffered is written (the peer reads EOF).
+
+        Raises:
+            NotImplementedError: under TLS.
+        """
+        if self._tls:
+            raise NotImplementedError("write_eof() is not supported under TLS")
+        if self._closing or self._eof_pending:
+            return
+        self._eof_pending = True
+        if not self._buffer:
+            self._send_eof()
+
+    def _send_eof(self) -> None:
+        self._eof_sent = True
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal(exc)
+
+    def _write_ready(self) -> None:
+        buffer = self._buffer
+        try:
+            sent = self._sock.send(buffer)
+        except self._would_block:
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        del buffer[:sent]
+        self._maybe_resume_protocol()
+        if buffer:
+            return
+        self._loop.remove_writer(self._fd)
+        self._writer_registered = False
+        if self._closing:
+            self._finish(None)
+        elif self._eof_pending and not self._eof_sent:
+            self._send_eof()
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes buffered, not yet taken by the kernel."""
+        return len(self._buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """The (low, high) water marks."""
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks (default high 64 KiB, low ``high // 4``), as asyncio's.
+
+        Raises:
+            ValueError: unless ``0 <= low <= high``.
+        """
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not 0 <= low <= high:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if not self._protocol_paused and len(self._buffer) > self._high:
+            self._protocol_paused = True
+            try:
+                self._protocol.pause_writing()
+            except Exception as exc:
+                self._callback_failed("pause_writing", exc)
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and len(self._buffer) <= self._low:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except Exception as exc:
+                self._callback_failed("resume_writing", exc)
+
+    # -- facts -------------------------------------------------------------------
+
+    def get_protocol(self) -> Protocol:
+        """The protocol this transport drives."""
+        return self._protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """What is known about the connection.
+
+        ``peername``, ``sockname``, ``socket``: as asyncio's (``peername`` is
+        the socket's peer, a load balancer behind PROXY protocol);
+        ``client_address``: the client (the proxied one behind a PROXY
+        header); ``proxy_address``: the balancer's address, or None;
+        ``request_info``: admission's :class:`~reactor.admission.RequestInfo`;
+        under TLS ``ssl_object`` (the ``ssl.SSLSocket``), ``peercert``,
+        ``cipher``, ``compression``, ``sslcontext``.
+        """
+        sock = self._sock
+        try:
+            if name == "peername":
+                return sock.getpeername()
+            if name == "sockname":
+                return sock.getsockname()
+        except OSError:
+            return default
+        if name == "socket":
+            return sock
+        if name == "client_address":
+            return self._client_address
+        if name in ("request_info", "proxy_address"):
+            info = request_info(sock)
+            if name == "request_info":
+                return info if info is not None else default
+            return info.proxy_address if info is not None else default
+        if self._tls:
+            tls: Any = sock
+            if name == "ssl_object":
+                return tls
+            if name == "peercert":
+                return tls.getpeercert()
+            if name == "cipher":
+                return tls.cipher()
+            if name == "compression":
+                return tls.compression()
+            if name == "sslcontext":
+                return tls.context
+        return default
+
+    # -- endings -------------------------------------------------------------------
+
+    def _callback_failed(self, callback: str, exc: Exception) -> None:
+        logger.error("%s: %s.%s() raised; aborting %r", self._server.name, type(self._protocol).__name__,
+                     callback, self, exc_info=exc)
+        self._force_close(exc)
+
+    def _fatal(self, exc: OSError) -> None:
+        if exc.errno in _PEER_GONE:
+            logger.debug("%r: %s", self, exc)
+        else:
+            self._server.warn(type(exc).__name__, "%s: connection %r failed: %s", self._server.name, self, exc)
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._buffer.clear()
+        if self._writer_registered:
+            self._loop.remove_writer(self._fd)
+            self._writer_registered = False
+        if not self._closing:
+            self._closing = True
+            self._loop.remove_reader(self._fd)
+            self._loop.call_soon(self._finish, exc)
+        elif not self._lost:
+            self._loop.call_soon(self._finish, exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        if self._writer_registered:
+            self._loop.remove_writer(self._fd)
+            self._writer_registered = False
+        self._loop.remove_reader(self._fd)
+        try:
+            if self._started:
+                self._protocol.connection_lost(exc)
+        except Exception:
+            logger.exception("%s: %s.connection_lost() raised", self._server.name, type(self._protocol).__name__)
+        finally:
+            self._server._transport_ended(self)
+
+
+class StreamServer:
+    """A listening stream socket whose connections are served by :class:`Protocol` instances.
+
+    Made by ``Reactor.create_server``; it is a hosted server (the stdlib duck
+    type), so ``remove_server`` and every ``add_server`` option apply to it.
+
+    Attributes:
+        socket: the listening socket.
+        server_address: the address it is bound to.
+        protocol_factory: makes one protocol per connection.
+        drain_timeout: seconds connections get to flush and close when the server leaves.
+    """
+
+    def __init__(self, protocol_factory: Callable[[], Protocol], address: Any, *, family: int = socket.AF_INET,
+                 backlog: int = socket.SOMAXCONN, reuse_port: bool = False, drain_timeout: float = 30.0,
+                 mode: int | None = None) -> None:
+        self.protocol_factory = protocol_factory
+        self.drain_timeout = drain_timeout
+        self._unix_path: UnixSocketPath | None
+        self.socket, self._unix_path = create_server_socket(
+            family, socket.SOCK_STREAM, address, backlog=backlog, reuse_port=reuse_port, mode=mode)
+        self.server_address = self.socket.getsockname()
+        self.name = f"StreamServer({describe_address(self.socket.family, socket.SOCK_STREAM, self.server_address)})"
+        self._loop: EventLoop | None = None
+        self._transports: set[Transport] = set()
+        self._on_drained: Callable[[], None] | None = None
+        self._warnings = RateLimitedLog(logger)
+
+    def __repr__(self) -> str:
+        return f"<{self.name} {len(self._transports)} connections>"
+
+    @property
+    def transports(self) -> frozenset[Transport]:
+        """The open connections."""
+        return frozenset(self._transports)
+
+    def warn(self, cause: object, message: str, *args: Any) -> None:
+        """Log a warning a client can cause, at most once per 10 s per cause."""
+        self._warnings.warning(cause, message, *args)
+
+    # -- the hosted-server duck type -----------------------------------------------
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor."""
+        return self.socket.fileno()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept one connection."""
+        return self.socket.accept()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Every admitted connection is served (admission already applied the rules)."""
+        return True
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        """Make the connection's transport and protocol (in the loop's thread)."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError(f"{self.name} is not hosted by a reactor")
+        if loop.in_loop():
+            self._connect(request, client_address)
+        else:  # a strategy ran us on a worker thread (Prefork's threads): protocols live in the loop
+            loop.call_soon_threadsafe(self._connect, request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        """Close a connection that will not be served."""
+        self.close_request(request)
+
+    def close_request(self, request: socket.socket) -> None:
+        """Close a connection's socket."""
+        request.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log the exception being handled, with the client."""
+        logger.exception("%s: error serving %r", self.name, client_address)
+
+    def server_close(self) -> None:
+        """Close the listening socket (and remove a Unix socket file this process bound)."""
+        self.socket.close()
+        unix_path, self._unix_path = self._unix_path, None
+        if unix_path is not None:
+            unix_path.unlink()
+
+    # -- hosting -----------------------------------------------------------------------
+
+    def hosting_started(self, hosted: HostedServer) -> None:
+        """Remember the loop that serves the connections."""
+        self._loop = hosted.reactor
+
+    def hosting_stopped(self, hosted: HostedServer) -> None:
+        """Abort whatever a drain left open."""
+        for transport in list(self._transports):
+            transport.abort()
+
+    def drain_connections(self, on_drained: Callable[[], None]) -> float:
+        """Close every connection once its buffer is flushed; ``on_drained()`` when none is left.
+
+        Returns:
+            ``drain_timeout``.
+        """
+        if not self._transports:
+            on_drained()
+            return self.drain_timeout
+        self._on_drained = on_drained
+        for transport in list(self._transports):
+            transport.close()
+        return self.drain_timeout
+
+    def abort_connections(self) -> None:
+        """Abort every connection at once (the drain deadline passed)."""
+        for transport in list(self._transports):
+            transport.abort()
+
+    # -- connections ------------------------------------------------------------------
+
+    def _connect(self, sock: socket.socket, client_address: Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            sock.setblocking(False)
+            protocol = self.protocol_factory()
+        except Exception:
+            self.handle_error(sock, client_address)
+            self.shutdown_request(sock)
+            return
+        transport = Transport(loop, sock, protocol, self, client_address)
+        self._transports.add(transport)
+        transport._start()
+
+    def _transport_ended(self, transport: Transport) -> None:
+        self._transports.discard(transport)
+        self.shutdown_request(transport._sock)
+        if self._on_drained is not None and not self._transports:
+            on_drained, self._on_drained = self._on_drained, None
+            on_drained()
+
+
+class DatagramTransport:
+    """The sending side of a datagram endpoint; what a :class:`DatagramProtocol` writes to.
+
+    ``sendto`` sends at once; when the socket buffer is full the datagram is
+    queued and sent from the loop (the protocol's ``pause_writing()`` is
+    called above the high-water mark); beyond ``MAX_QUEUED_DATAGRAMS`` it is
+    dropped and the protocol told through ``error_received``.
+    """
+
+    def __init__(self, server: DatagramServer) -> None:
+        self._server = server
+        self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._queued_bytes = 0
+        self._closing = False
+        self._protocol_paused = False
+        self.dropped = 0
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        """Send one datagram to ``addr`` (required: the endpoint is not connected)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if self._closing:
+            return
+        server = self._server
+        if not self._queue:
+            try:
+                server.socket.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                server._watch_writable(True)
+            except OSError as exc:
+                server._error_received(exc)
+                return
+        if len(self._queue) >= MAX_QUEUED_DATAGRAMS:
+            self.dropped += 1
+            server._error_received(BlockingIOError(errno.ENOBUFS, f"send queue full: dropped a datagram to {addr!r}"))
+            return
+        self._queue.append((bytes(data), addr))
+        self._queued_bytes += len(data)
+        if not self._protocol_paused and self._queued_bytes > DEFAULT_HIGH_WATER:
+            self._protocol_paused = True
+            server._call("pause_writing")
+
+    def _flush(self) -> None:
+        server = self._server
+        while self._queue:
+            data, addr = self._queue[0]
+            try:
+                server.socket.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                server._error_received(exc)
+            self._queue.popleft()
+            self._queued_bytes -= len(data)
+        server._watch_writable(False)
+        if self._protocol_paused:
+            self._protocol_paused = False
+            server._call("resume_writing")
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued, not yet sent."""
+        return self._queued_bytes
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``sockname`` and ``socket``, as asyncio's."""
+        if name == "socket":
+            return self._server.socket
+        if name == "sockname":
+            return self._server.server_address
+        return default
+
+    def is_closing(self) -> bool:
+        """True once the endpoint is leaving."""
+        return self._closing
+
+    def close(self) -> None:
+        """Stop sending; queued datagrams are dropped."""
+        self._closing = True
+        self._queue.clear()
+        self._queued_bytes = 0
+
+    abort = close
+
+
+class DatagramServer:
+    """A datagram socket (UDP over IPv4/IPv6, Unix datagram) served by one :class:`DatagramProtocol`.
+
+    Made by ``Reactor.create_server``; a hosted server like any other. The
+    protocol is made when hosting starts (``connection_made`` with its
+    :class:`DatagramTransport`) and told ``connection_lost(None)`` when it ends.
+    """
+
+    def __init__(self, protocol_factory: Callable[[], DatagramProtocol], address: Any, *,
+                 family: int = socket.AF_INET, reuse_port: bool = False, max_packet_size: int = 65535,
+                 mode: int | None = None) -> None:
+        self.protocol_factory = protocol_factory
+        self.max_packet_size = max_packet_size
+        self._unix_path: UnixSocketPath | None
+        self.socket, self._unix_path = create_server_socket(
+            family, socket.SOCK_DGRAM, address, reuse_port=reuse_port, mode=mode)
+        self.server_address = self.socket.getsockname()
+        self.name = f"DatagramServer({describe_address(self.socket.family, socket.SOCK_DGRAM, self.server_address)})"
+        self.protocol: DatagramProtocol | None = None
+        self.transport: DatagramTransport | None = None
+        self.truncated_datagrams = 0
+        self._buffer = memoryview(bytearray(max_packet_size))
+        self._hosted: HostedServer | None = None
+        self._warnings = RateLimitedLog(logger)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+    def fileno(self) -> int:
+        """The socket's descriptor."""
+        return self.socket.fileno()
+
+    def get_request(self) -> tuple[bytes, Any]:
+        """Receive one datagram (one larger than ``max_packet_size`` is dropped and counted)."""
+        if not HAS_RECVMSG_TRUNC:
+            data, addr = self.socket.recvfrom(self.max_packet_size)
+            return data, addr
+        buffer = self._buffer
+        nbytes, _, flags, addr = self.socket.recvmsg_into([buffer])
+        if flags & _MSG_TRUNC:
+            self.truncated_datagrams += 1
+            self._warnings.warning("truncated", "%s: dropped a datagram from %r larger than max_packet_size=%d "
+                                   "(%d so far)", self.name, addr, self.max_packet_size, self.truncated_datagrams)
+            raise RequestDropped(f"datagram from {addr!r} larger than max_packet_size={self.max_packet_size}")
+        return bytes(buffer[:nbytes]), addr
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Every datagram is served."""
+        return True
+
+    def process_request(self, request: bytes, client_address: Any) -> None:
+        """Hand the datagram to the protocol (in the loop's thread)."""
+        protocol = self.protocol
+        if protocol is not None:
+            protocol.datagram_received(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Nothing to close for a datagram."""
+
+    def close_request(self, request: Any) -> None:
+        """Nothing to close for a datagram."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log the exception being handled (a datagram_received that raised); serving goes on."""
+        logger.exception("%s: %s.datagram_received() raised for a datagram from %r", self.name,
+                         type(self.protocol).__name__, client_address)
+
+    def server_close(self) -> None:
+        """Close the socket (and remove a Unix socket file this process bound)."""
+        self.socket.close()
+        unix_path, self._unix_path = self._unix_path, None
+        if unix_path is not None:
+            unix_path.unlink()
+
+    def hosting_started(self, hosted: HostedServer) -> None:
+        """Make the protocol and its transport: ``connection_made``."""
+        self._hosted = hosted
+        self.transport = DatagramTransport(self)
+        self.protocol = self.protocol_factory()
+        self._call("connection_made", self.transport)
+
+    def hosting_stopped(self, hosted: HostedServer) -> None:
+        """``connection_lost(None)``; the socket stays open until ``server_close()``."""
+        if self.transport is not None:
+            self.transport.close()
+        self._watch_writable(False)
+        self._call("connection_lost", None)
+        self._hosted = None
+        self.protocol = None
+
+    def _watch_writable(self, on: bool) -> None:
+        hosted = self._hosted
+        if hosted is None:
+            return
+        if on:
+            assert self.transport is not None
+            hosted.watch_writable(self.transport._flush)
+        else:
+            hosted.unwatch_writable()
+
+    def _error_received(self, exc: OSError) -> None:
+        self._call("error_received", exc)
+
+    def _call(self, callback: str, *args: Any) -> None:
+        protocol = self.protocol
+        if protocol is None:
+            return
+        try:
+            getattr(protocol, callback)(*args)
+        except Exception:
+            logger.exception("%s: %s.%s() raised", self.name, type(protocol).__name__, callback)
+
