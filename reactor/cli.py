@@ -67,6 +67,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import socketserver as rsocketserver
+from .access import AccessRules
 from .admission import AdmissionOptions
 from .binding import UnixSocketPath, create_server_socket, describe_address
 from .dispatch import Dispatch, Inline, ThreadPool
@@ -258,8 +259,11 @@ exit status: 0 after a stop by signal, 1 if it could not start or a pool failed,
 class _Parser(argparse.ArgumentParser):
     """argparse, with every error as one line (``reactor: error: ...``) and exit status 2."""
 
+    #: Prefixed to errors (``--serve: ``) for a ``--serve`` group.
+    context = ""
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {PROG} --help)\n")
+        self.exit(2, f"{PROG}: error: {self.context}{message} (see {PROG} --help)\n")
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -335,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _server_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=f"{PROG} ... --serve", add_help=False,
                      usage=f"{PROG} ... --serve SPEC [SERVER OPTIONS]")
+    parser.context = "--serve: "
     parser.add_argument("spec", metavar="SPEC")
     _add_server_options(parser)
     return parser
@@ -458,9 +463,11 @@ def _server_config(namespace: argparse.Namespace, index: int) -> ServerConfig:
         ("max_connections", namespace.max_connections),
         ("max_connections_per_ip", namespace.max_connections_per_ip),
         ("io_timeout", namespace.io_timeout), ("wait_for_data", namespace.wait_for_data)) if value}
-    try:
-        AdmissionOptions(**connection)  # checks networks and rules now, not after binding
-    except ValueError as exc:
+    try:  # check networks and rules now, not after binding
+        AdmissionOptions(**connection)
+        AccessRules(namespace.allow, namespace.deny)
+        AccessRules(allow=namespace.proxy_trusted)
+    except (ValueError, TypeError) as exc:
         raise UsageError(f"{spec}: {exc}") from None
     if connection or namespace.tls_cert:
         datagrams = [bind.url for bind in binds if bind.datagram]
@@ -744,12 +751,16 @@ def load_tls(server: ServerConfig) -> ssl.SSLContext | None:
     """
     if server.tls_cert is None:
         return None
+    for path in (server.tls_cert, server.tls_key):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:  # ssl's own error does not name the file
+                raise StartupError(f"{server.spec}: cannot load the TLS certificate: {path}: {exc.strerror}") from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(server.tls_cert, server.tls_key)
-    except FileNotFoundError as exc:
-        raise StartupError(f"{server.spec}: cannot load the TLS certificate: {exc.filename or exc}: "
-                           f"{exc.strerror}") from None
     except (OSError, ssl.SSLError) as exc:
         shown = server.tls_cert + (f" / {server.tls_key}" if server.tls_key else "")
         raise StartupError(f"{server.spec}: cannot load the TLS certificate {shown}: {exc}") from None
@@ -816,7 +827,7 @@ class CodeReloader:
             return
         self.server.RequestHandlerClass = handler
         logger.info("worker %d: re-imported %s (its source changed)", os.getpid(), self.module_name,
-                    extra={"event": "code_reloaded", "module": self.module_name})
+                    extra={"event": "code_reloaded", "reloaded_module": self.module_name})
 
 
 # ---------------------------------------------------------------- running

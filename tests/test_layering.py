@@ -49,6 +49,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     ("prefork",),
     ("socketserver",),
     ("__init__",),
+    # The command stands on everything and nothing imports it; ``python -m reactor`` runs it.
+    ("cli",),
+    ("__main__",),
 ))
 
 #: Modules that may not be imported by a given module, directly or through others
