@@ -75,7 +75,8 @@ from .hosting import Reactor, Topology
 from .prefork import Prefork
 from .systemd import ActivatedSocket, Notifier, listen_fds
 
-__all__ = ["BindAddress", "StartupError", "UsageError", "adopt_socket", "main", "parse_bind", "parse_dispatch"]
+__all__ = ["BindAddress", "StartupError", "UsageError", "adopt_socket", "main", "parse_bind", "parse_dispatch",
+           "server_class_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -679,7 +680,8 @@ def adopt_socket(server_class: Callable[..., Any], sock: socket.socket, *args: A
     return server
 
 
-def _server_class_for(sock: socket.socket) -> Callable[..., Any]:
+def server_class_for(sock: socket.socket) -> Callable[..., Any]:
+    """The ``reactor.socketserver`` class for a bound socket: TCP, UDP, Unix stream or Unix datagram server."""
     datagram = sock.type == socket.SOCK_DGRAM
     if sock.family == socket.AF_UNIX:
         return rsocketserver.UnixDatagramServer if datagram else rsocketserver.UnixStreamServer
@@ -699,7 +701,7 @@ class Served:
     def make_server(self, listener: Listener) -> Any:
         """The server for ``listener``'s socket (it owns the socket from then on)."""
         if self.is_handler:
-            server = adopt_socket(_server_class_for(listener.sock), listener.sock, self.target)
+            server = adopt_socket(server_class_for(listener.sock), listener.sock, self.target)
             if issubclass(self.target, http.server.BaseHTTPRequestHandler) and not hasattr(server, "server_name"):
                 host = server.server_address[0] if isinstance(server.server_address, tuple) else "localhost"
                 port = server.server_address[1] if isinstance(server.server_address, tuple) else 0
@@ -893,7 +895,10 @@ class Command:
             sys.path.insert(0, app_dir)
         served = [import_spec(server.spec) for server in config.servers]
         contexts = [load_tls(server) for server in config.servers]
-        activated = listen_fds()  # clears LISTEN_* whether we use them or not
+        try:
+            activated = listen_fds()  # clears LISTEN_* whether we use them or not
+        except ValueError as exc:
+            raise StartupError(f"socket activation: {exc}") from None
         # The reactor first: its signal handlers record a SIGTERM that arrives while starting.
         reactor = self.reactor = Reactor()
         try:
@@ -1041,6 +1046,8 @@ class Command:
         if not pools:
             logger.warning("SIGHUP: nothing to reload (no Prefork server); restart the process to load new code, "
                            "or serve with --dispatch prefork:N")
+            self.notifier.reloading("nothing to reload")  # a Type=notify-reload manager waits for both
+            self.notifier.ready(self._status())
             return
         logger.info("SIGHUP: reloading %d Prefork pool(s): new workers first, then the old ones retire",
                     len(pools), extra={"event": "reloading"})

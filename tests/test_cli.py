@@ -29,7 +29,7 @@ import pytest
 
 from activation import SOCKET_ACTIVATE, activated_argv
 from pki import Pki
-from support import REPO_ROOT, python_env, wait_for
+from support import EXAMPLES_DIR, REPO_ROOT, python_env, run_python, wait_for
 
 #: Longest a test waits for one event of the command.
 EVENT_TIMEOUT = 30.0
@@ -663,3 +663,14 @@ def test_under_the_real_systemd_socket_activate(unix_dir: str, notify_socket: tu
         assert running.pid == running.events[0]["pid"]  # exec'd: the activator's pid is the command's
         assert running.stop() == 0
     assert os.path.exists(path)  # the activator's socket: not ours to remove
+
+
+# ---------------------------------------------------------------- the example
+
+
+def test_the_command_line_example_serves_http_and_a_line_protocol_from_one_process() -> None:
+    result = run_python(EXAMPLES_DIR / "command_line.py", "--once", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "< hello over HTTP\n" in result.stdout
+    assert "< VALUE hello over a Unix socket\n" in result.stdout
+    assert result.stdout.endswith("exit status 0; socket file left: False\n")
