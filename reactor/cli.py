@@ -644,8 +644,13 @@ def _open(bind: BindAddress, server: ServerConfig, activated: list[ActivatedSock
             raise StartupError(f"--bind {bind.url}: descriptor {fd} is not a socket")
         os.set_inheritable(fd, False)
         sock = socket.socket(fileno=fd)
-        if sock.type == socket.SOCK_STREAM and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            sock.listen(socket.SOMAXCONN)
+        try:
+            if sock.type == socket.SOCK_STREAM and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.listen(socket.SOMAXCONN)  # bound but not listening yet: never re-bound, only listened on
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"--bind {bind.url}: descriptor {fd} cannot listen ({exc.strerror}); "
+                               "is it a bound, unconnected socket?") from None
         used.add(fd)
         return [Listener(bind, sock)]
     family, sock_type = _family_for(bind)
@@ -980,6 +985,12 @@ class Command:
         try:
             if config.user is not None:
                 uid, gid = _user_ids(config.user, config.group)
+                # What this process created, the user must be able to remove on exit (in a sticky /tmp too).
+                owned = [listener.unix_path.path for listener in self.listeners if listener.unix_path is not None]
+                if self.pid_file_written and config.pid_file is not None:
+                    owned.append(config.pid_file)
+                for path in owned:
+                    os.chown(path, uid, gid)
                 name = pwd.getpwuid(uid).pw_name if not config.user.isdigit() else None
                 if name is not None:
                     os.initgroups(name, gid)

@@ -533,18 +533,39 @@ def test_sigusr1_reopens_the_log_file_after_rotation(unix_dir: str) -> None:
 
 def test_user_and_group_are_dropped_after_binding(unix_dir: str) -> None:
     nobody = pwd.getpwnam("nobody")
-    args = ["--user", "nobody", "cli_apps:WhoHandler", "--bind", "tcp://127.0.0.1:0", "--dispatch", "prefork:1"]
+    # A sticky, world-writable directory (like /tmp): the files root created must still be
+    # removable by the user the command becomes.
+    os.chmod(unix_dir, 0o755)
+    shared = os.path.join(unix_dir, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    args = ["--user", "nobody", "--pid-file", f"{shared}/pid", "cli_apps:WhoHandler", "--bind", "tcp://127.0.0.1:0",
+            "--bind", f"unix://{shared}/who.sock", "--dispatch", "prefork:1"]
     with Running(args) as running:
         if os.geteuid() != 0:  # only root may switch: the refusal must then be clean
             assert running.finish() == 1
             assert "cannot switch to nobody" in running.event("startup_failed")["message"]
+            assert _leftovers(shared) == []
             return
-        (listening,) = running.ready()
-        pid, uid, _ = ask(tcp_address(listening), b"").decode().split()
-        assert int(uid) == nobody.pw_uid
-        status = Path(f"/proc/{running.pid}/status").read_text()
+        tcp, _ = running.ready()
+        pid, uid, _ = ask(tcp_address(tcp), b"").decode().split()
+        assert int(uid) == nobody.pw_uid  # in the worker
+        assert int(ask(f"{shared}/who.sock", b"", socket.AF_UNIX).split()[1]) == nobody.pw_uid
+        status = Path(f"/proc/{running.pid}/status").read_text()  # and in the master
         assert re.search(rf"^Uid:\s+{nobody.pw_uid}\s", status, re.M)
         assert re.search(rf"^Gid:\s+{nobody.pw_gid}\s", status, re.M)
+        assert os.stat(f"{shared}/who.sock").st_uid == nobody.pw_uid
+        assert running.stop() == 0
+    assert _leftovers(shared) == []
+
+
+def test_socket_mode_sets_the_permissions_of_unix_socket_files(unix_dir: str) -> None:
+    with Running(["cli_apps:EchoHandler", "--bind", f"unix://{unix_dir}/m.sock", "--socket-mode", "600",
+                  "--serve", "cli_apps:DatagramEchoHandler", "--bind", f"unix-dgram://{unix_dir}/d.sock",
+                  "--socket-mode", "640"]) as running:
+        running.ready()
+        assert os.stat(f"{unix_dir}/m.sock").st_mode & 0o777 == 0o600
+        assert os.stat(f"{unix_dir}/d.sock").st_mode & 0o777 == 0o640
         assert running.stop() == 0
 
 
@@ -570,6 +591,20 @@ def test_proxy_protocol_and_trusted_networks() -> None:
         (listening,) = running.ready()
         answer = ask(tcp_address(listening), b"PROXY TCP4 192.0.2.7 198.51.100.1 4567 80\r\n")
         assert answer.decode().split()[2] == "192.0.2.7"
+        assert running.stop() == 0
+
+
+def test_deny_refuses_clients_and_allow_admits_them() -> None:
+    with Running(["cli_apps:EchoHandler", "--bind", "tcp://127.0.0.1:0", "--deny", "127.0.0.0/8",
+                  "--serve", "cli_apps:EchoHandler", "--bind", "tcp://127.0.0.1:0", "--allow", "127.0.0.1",
+                  "--max-connections-per-ip", "4", "--wait-for-data", "5"]) as running:
+        denied, allowed = running.ready()
+        with socket.create_connection(tcp_address(denied), timeout=EVENT_TIMEOUT) as client:
+            try:
+                assert client.recv(1) == b""  # closed at once
+            except ConnectionResetError:
+                pass
+        assert ask(tcp_address(allowed)) == b"hello\n"
         assert running.stop() == 0
 
 
@@ -643,6 +678,49 @@ def test_systemd_without_a_name_serves_every_activated_socket_and_names_must_exi
     finally:
         one.close()
         two.close()
+
+
+def test_bad_inherited_descriptors_and_activation_variables_fail_cleanly(unix_dir: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname(), timeout=EVENT_TIMEOUT)
+    accepted, _ = listener.accept()
+    try:
+        with Running(["cli_apps:EchoHandler", "--bind", f"fd://{accepted.fileno()}"],
+                     pass_fds=[accepted.fileno()]) as running:
+            assert running.finish() == 1
+            assert (f"--bind fd://{accepted.fileno()}: descriptor {accepted.fileno()} cannot listen"
+                    in running.event("startup_failed")["message"])
+        with Running(["cli_apps:EchoHandler", "--bind", "fd://99"]) as running:
+            assert running.finish() == 1
+            assert "--bind fd://99: descriptor 99 is not open (Bad file descriptor)" in \
+                running.event("startup_failed")["message"]
+        fds = [listener.fileno()]
+        with Running(["cli_apps:EchoHandler", "--bind", "systemd://web"],
+                     argv=activated_argv(fds, [], names=["web", "extra"]), pass_fds=fds) as running:
+            assert running.finish() == 1
+            assert "socket activation: LISTEN_FDNAMES has 2 names ('web:extra') for LISTEN_FDS=1" in \
+                running.event("startup_failed")["message"]
+    finally:
+        for sock in (listener, client, accepted):
+            sock.close()
+
+
+def test_activated_sockets_nobody_binds_are_closed_with_a_warning(unix_dir: str) -> None:
+    used = socket.create_server(("127.0.0.1", 0))
+    unused = socket.create_server(("127.0.0.1", 0))
+    fds = [used.fileno(), unused.fileno()]
+    try:
+        with Running(["cli_apps:EchoHandler", "--bind", "systemd://web"],
+                     argv=activated_argv(fds, [], names=["web", "other"]), pass_fds=fds) as running:
+            running.ready()
+            warning = running.wait_for(lambda e: e["level"] == "warning", "warning")
+            assert warning["message"] == (f"socket-activated tcp4 127.0.0.1:{unused.getsockname()[1]} (other) "
+                                          "is not served by any --bind; closing it")
+            assert ask(used.getsockname()) == b"hello\n"
+            assert running.stop() == 0
+    finally:
+        used.close()
+        unused.close()
 
 
 def test_under_the_real_systemd_socket_activate(unix_dir: str, notify_socket: tuple[str, socket.socket]) -> None:
