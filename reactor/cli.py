@@ -240,7 +240,7 @@ other callable is a server factory: it is called with each bound socket and
 returns the server that serves it (see reactor.cli.adopt_socket).
 
 bind URLs:
-  tcp://HOST:PORT  tcp://[::1]:PORT   TCP over IPv4 or IPv6 (port 0: any free port)
+  tcp://HOST:PORT  tcp://[::1]:PORT   TCP over IPv4, or IPv6 only (port 0: any free port)
   udp://HOST:PORT                     UDP
   unix:///PATH  unix://@NAME          Unix stream socket (path, or Linux abstract name)
   unix-dgram:///PATH                  Unix datagram socket
@@ -655,8 +655,10 @@ def _open(bind: BindAddress, server: ServerConfig, activated: list[ActivatedSock
         return [Listener(bind, sock)]
     family, sock_type = _family_for(bind)
     try:
+        # IPv6 binds serve IPv6 only, so tcp://0.0.0.0:P and tcp://[::]:P can be bound side by side.
         sock, unix_path = create_server_socket(family, sock_type, bind.address, backlog=socket.SOMAXCONN,
-                                               reuse_port=server.reuse_port, mode=server.socket_mode)
+                                               reuse_port=server.reuse_port, mode=server.socket_mode,
+                                               v6only=True)
     except (OSError, ValueError, TypeError, OverflowError) as exc:
         raise StartupError(f"--bind {bind.url}: {exc}") from None
     used.add(sock.fileno())

@@ -752,3 +752,43 @@ def test_the_command_line_example_serves_http_and_a_line_protocol_from_one_proce
     assert "< hello over HTTP\n" in result.stdout
     assert "< VALUE hello over a Unix socket\n" in result.stdout
     assert result.stdout.endswith("exit status 0; socket file left: False\n")
+
+
+# ---------------------------------------------------------------- in-process pieces
+
+
+def test_ipv6_binds_are_ipv6_only_so_both_families_share_a_port() -> None:
+    from reactor.cli import open_listeners, parse_command_line
+
+    config = parse_command_line(["cli_apps:EchoHandler", "--bind", "tcp://127.0.0.1:0"])
+    (first,) = open_listeners(config.servers[0], [], set())
+    port = first.sock.getsockname()[1]
+    config = parse_command_line(["cli_apps:EchoHandler", "--bind", f"tcp://[::]:{port}"])
+    try:
+        (second,) = open_listeners(config.servers[0], [], set())
+        try:
+            assert second.sock.family == socket.AF_INET6
+            assert second.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        finally:
+            second.close()
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize("url, kind, address", [
+    ("tcp://127.0.0.1:80", "tcp", ("127.0.0.1", 80)),
+    ("tcp://[::1]:8080", "tcp", ("::1", 8080)),
+    ("tcp://:8000", "tcp", ("0.0.0.0", 8000)),
+    ("udp://localhost:53", "udp", ("localhost", 53)),
+    ("unix:///run/x.sock", "unix", "/run/x.sock"),
+    ("unix://@name", "unix", "\0name"),
+    ("unix-dgram:///run/d.sock", "unix-dgram", "/run/d.sock"),
+    ("fd://3", "fd", 3),
+    ("systemd://web", "systemd", "web"),
+    ("systemd://", "systemd", None),
+])
+def test_bind_urls_parse(url: str, kind: str, address: object) -> None:
+    from reactor.cli import parse_bind
+
+    parsed = parse_bind(url)
+    assert (parsed.url, parsed.kind, parsed.address) == (url, kind, address)
