@@ -25,7 +25,8 @@ Run it
     curl http://127.0.0.1:8000/                # the directory listing
     nc -U /tmp/kv.sock                          # type: SET a 1, GET a, QUIT
 
-    python examples/command_line.py --once     # runs that command itself, plays both clients, stops it
+    python examples/command_line.py            # the same command (port 8000, /tmp/kv.sock), until Ctrl-C
+    python examples/command_line.py --once     # runs it, plays both clients, stops it
 
 Exit status: 0 on success (``--once``: both servers answered and the command stopped cleanly), 1 otherwise.
 """
@@ -91,15 +92,14 @@ def run_once() -> bool:
         with open(os.path.join(directory, "hello.txt"), "w") as stream:
             stream.write("hello over HTTP\n")
         kv_path = os.path.join(directory, "kv.sock")
-        command = [sys.executable, "-m", "reactor", "--log-format", "json", "--app-dir", HERE, "--chdir", directory,
-                   "http.server:SimpleHTTPRequestHandler", "--bind", "tcp://127.0.0.1:0",
-                   "--serve", "command_line:key_value_server", "--bind", f"unix://{kv_path}",
-                   "--dispatch", "threads:4"]
-        print("$ " + " ".join(command[2:]))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
-        with subprocess.Popen(command, stderr=subprocess.PIPE, env=env) as proc:
+        argv = command("tcp://127.0.0.1:0", kv_path, directory, log_format="json")
+        print("$ " + " ".join(["reactor", *argv[3:]]))
+        with subprocess.Popen(argv, stderr=subprocess.PIPE, env=command_env()) as proc:
             try:
                 events = read_events(proc, "ready")
+                for event in events:
+                    if event.get("event") == "listening":
+                        print(f"listening on {event['address']}")
                 http = next(event for event in events if event.get("spec") == "http.server:SimpleHTTPRequestHandler")
                 with socket.create_connection((http["host"], http["port"]), timeout=10) as client:
                     client.sendall(b"GET /hello.txt HTTP/1.0\r\n\r\n")
@@ -126,14 +126,30 @@ def run_once() -> bool:
                 and code == 0 and not os.path.exists(kv_path))
 
 
+def command(http_bind: str, kv_path: str, directory: str, log_format: str = "text") -> list[str]:
+    """The command line this example is about."""
+    return [sys.executable, "-m", "reactor", "--log-format", log_format, "--app-dir", HERE, "--chdir", directory,
+            "http.server:SimpleHTTPRequestHandler", "--bind", http_bind,
+            "--serve", "command_line:key_value_server", "--bind", f"unix://{kv_path}", "--dispatch", "threads:4"]
+
+
+def command_env() -> dict[str, str]:
+    """The environment, with this checkout's reactor importable."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--once", action="store_true", help="run the command, be its clients, stop it, exit")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port when serving (default 8000)")
+    parser.add_argument("--kv-socket", default="/tmp/kv.sock", help="the line protocol's Unix socket when serving")
     options = parser.parse_args(argv)
-    if not options.once:
-        print(__doc__.split("Run it\n------\n::\n", 1)[1].split("\n\n    python", 1)[0])
-        return 0
-    return 0 if run_once() else 1
+    if options.once:
+        return 0 if run_once() else 1
+    # Serve: become the command itself (same pid), until Ctrl-C or SIGTERM.
+    argv_ = command(f"tcp://127.0.0.1:{options.port}", options.kv_socket, HERE)
+    print("$ " + " ".join(["reactor", *argv_[3:]]), flush=True)
+    os.execve(sys.executable, argv_, command_env())
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import pytest
 
 from activation import SOCKET_ACTIVATE, activated_argv
 from pki import Pki
-from support import EXAMPLES_DIR, REPO_ROOT, python_env, run_python, wait_for
+from support import EXAMPLES_DIR, REPO_ROOT, python_env, run_python, spawn_python, wait_for
 
 #: Longest a test waits for one event of the command.
 EVENT_TIMEOUT = 30.0
@@ -752,6 +752,28 @@ def test_the_command_line_example_serves_http_and_a_line_protocol_from_one_proce
     assert "< hello over HTTP\n" in result.stdout
     assert "< VALUE hello over a Unix socket\n" in result.stdout
     assert result.stdout.endswith("exit status 0; socket file left: False\n")
+
+
+def test_the_command_line_example_serves_until_sigterm(unix_dir: str) -> None:
+    kv_path = f"{unix_dir}/kv.sock"
+    with spawn_python(EXAMPLES_DIR / "command_line.py", "--port", "0", "--kv-socket", kv_path) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            assert proc.stdout.readline().startswith("$ reactor --log-format text")
+            deadline = time.monotonic() + EVENT_TIMEOUT
+            log: list[str] = []
+            while not any("ready: serving" in line for line in log):
+                assert select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))[0], log
+                line = proc.stderr.readline()
+                assert line, log
+                log.append(line)
+            assert ask(kv_path, b"GET nothing\n", socket.AF_UNIX) == b"NOT_FOUND\n"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=EVENT_TIMEOUT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert not os.path.exists(kv_path)
 
 
 # ---------------------------------------------------------------- in-process pieces
