@@ -629,6 +629,11 @@ def _open(bind: BindAddress, server: ServerConfig, activated: list[ActivatedSock
         for item in chosen:
             if item.sock.fileno() in used:
                 raise StartupError(f"--bind {bind.url}: descriptor {item.sock.fileno()} is served twice")
+            if item.sock.type == socket.SOCK_STREAM and not item.sock.getsockopt(socket.SOL_SOCKET,
+                                                                                 socket.SO_ACCEPTCONN):
+                raise StartupError(f"--bind {bind.url}: descriptor {item.sock.fileno()} ({item.name}) is not a "
+                                   "listening socket (a socket unit with Accept=yes passes connections: use "
+                                   "Accept=no)")
             used.add(item.sock.fileno())
             result.append(Listener(bind, item.sock))
         return result

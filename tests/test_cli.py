@@ -694,6 +694,12 @@ def test_bad_inherited_descriptors_and_activation_variables_fail_cleanly(unix_di
             assert running.finish() == 1
             assert "--bind fd://99: descriptor 99 is not open (Bad file descriptor)" in \
                 running.event("startup_failed")["message"]
+        fds = [accepted.fileno()]
+        with Running(["cli_apps:EchoHandler", "--bind", "systemd://"],
+                     argv=activated_argv(fds, [], names=["conn"]), pass_fds=fds) as running:
+            assert running.finish() == 1
+            assert "--bind systemd://: descriptor 3 (conn) is not a listening socket" in \
+                running.event("startup_failed")["message"]
         fds = [listener.fileno()]
         with Running(["cli_apps:EchoHandler", "--bind", "systemd://web"],
                      argv=activated_argv(fds, [], names=["web", "extra"]), pass_fds=fds) as running:
