@@ -107,6 +107,8 @@ def listen_fds(*, unset_environment: bool = True,
     if pid != os.getpid():
         logger.warning("LISTEN_PID=%d is not this process (%d): ignoring the passed descriptors", pid, os.getpid())
         return []
+    if count == 0:
+        return []
     if names_text is None:
         names = ["unknown"] * count
     else:

@@ -122,6 +122,7 @@ def test_a_listen_pid_of_another_process_is_ignored_and_the_variables_cleared() 
     assert listen_fds(environ=env, unset_environment=False) == []
     assert "LISTEN_FDS" in env
     assert listen_fds(environ={}) == []
+    assert listen_fds(environ={"LISTEN_FDS": "0", "LISTEN_PID": str(os.getpid()), "LISTEN_FDNAMES": ""}) == []
 
 
 @pytest.mark.parametrize("env, message", [
