@@ -13,7 +13,10 @@ What it shows
 * The handler answers with ``os.getpid()``: every answer names the worker
   process that served it, never the master.
 * ``Prefork.worker_pids`` and ``Prefork.stats()`` are the master's view of its
-  workers, as the arbiter reports them.
+  workers, as the arbiter reports them. ``reactor.server_stats(server)`` (the
+  same as ``Prefork.stats()``) also sums the server's counters over the
+  workers, in the same shape as for ``Inline`` or ``ThreadPool`` hosting; the
+  workers report them with their heartbeats, so they arrive within a second.
 * ``--max-requests N`` recycles a worker after N requests: it finishes the
   request, exits, and the arbiter starts a fresh one (new pid).
 
@@ -72,6 +75,10 @@ CLIENTS = 10
 CLIENT_TIMEOUT = 5.0
 #: How long the master waits for its first workers to report ready.
 BOOT_TIMEOUT = 30.0
+#: How long ``--once`` waits for the workers' counters to reach the master.
+STATS_TIMEOUT = 10.0
+#: The pool's own keys in ``Prefork.stats()``; the others are the server's counters.
+POOL_KEYS = ("workers", "pids", "ready", "arbiter", "spawned")
 #: How often the serving master looks for a change in its workers (to print it).
 WATCH_INTERVAL = 0.1
 
@@ -180,7 +187,8 @@ def demonstrate(reactor: Reactor, prefork: Prefork, server: Any) -> bool:
     reactor.serve_forever()
     thread.join()
     print(f"Prefork.worker_pids: {prefork.worker_pids}", flush=True)
-    print(f"Prefork.stats(): {prefork.stats()}", flush=True)
+    stats = prefork.stats()
+    print(f"Prefork.stats(), the pool's keys: { {key: stats[key] for key in POOL_KEYS} }", flush=True)
     if outcome != [True]:
         return False
     if os.getpid() in served:
@@ -189,6 +197,9 @@ def demonstrate(reactor: Reactor, prefork: Prefork, server: Any) -> bool:
     counts = {pid: served.count(pid) for pid in sorted(set(served))}
     shown = ", ".join(f"{pid} ({count})" for pid, count in counts.items())
     print(f"{len(served)} requests served by {len(counts)} worker processes: {shown}", flush=True)
+    reactor.run_until(lambda: reactor.server_stats(server)["requests"] >= len(served), STATS_TIMEOUT)
+    print(f"server_stats(server)['requests'], summed over the workers: "
+          f"{reactor.server_stats(server)['requests']}", flush=True)
     return True
 
 

@@ -40,6 +40,14 @@ Rules
 8. Leaving is two-phase: ``begin_drain()`` stops taking requests at once and
    reports, through a callback in the loop's thread, when nothing is in
    flight; ``abort()`` ends what is still in flight; ``detach()`` releases.
+   Parked connections are idle, not in flight: leaving closes them at once.
+9. A stream server whose handler exposes a request boundary parks its
+   keep-alive connections between requests (``reactor.keepalive``): the
+   dispatch runs each connection's next request through ``resume()``, as it
+   runs a new one through ``submit()``. Parking needs the server to build its
+   handler as ``BaseServer`` does (``process_request``/``finish_request`` not
+   overridden) and a strategy that implements ``resume()`` when it
+   implements ``submit()``.
 """
 
 from __future__ import annotations
@@ -50,18 +58,19 @@ import logging
 import os
 import socket
 import socketserver as _stdlib_socketserver
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._ratelimit import RateLimitedLog
 from ._timers import TimerHandle
-from .admission import Admission, AdmissionOptions
+from .admission import ADMISSION_COUNTERS, Admission, AdmissionOptions
+from .keepalive import DEFAULT_KEEPALIVE_TIMEOUT, KeptConnection, Parking, parking_factory
 from .loop import EventLoop
 
 __all__ = [
-    "Dispatch", "HostedServer", "HostingOptions", "Inline", "PauseReason", "describe_server",
-    "make_nonblocking", "process_request_safely",
+    "Dispatch", "HostedServer", "HostingOptions", "Inline", "PauseReason", "STATS_GAUGES", "close_parked",
+    "describe_server", "make_nonblocking", "process_request_safely", "serve_parked",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +80,13 @@ DEFAULT_ACCEPT_BATCH = 64
 #: First and largest delay before retrying a listener paused by resource exhaustion.
 EXHAUSTION_BACKOFF_MIN = 0.05
 EXHAUSTION_BACKOFF_MAX = 1.0
+#: ``io_timeout`` of a stream handler that runs in the loop's own thread, unless told otherwise:
+#: one silent client then stops every server on the loop for at most this long.
+DEFAULT_INLINE_IO_TIMEOUT = 30.0
+#: Keys of ``HostedServer.stats()`` that are gauges (how many now), not counters (how many so
+#: far). A topology that sums its processes' stats (``Prefork``) sums these over the live
+#: processes only, and carries every other key over from processes that exited.
+STATS_GAUGES = frozenset({"open", "admitting", "parked"})
 
 
 class PauseReason(str, enum.Enum):
@@ -148,35 +164,98 @@ def process_request_safely(server: Any, request: Any, client_address: Any,
     of escaping into the loop, and ``shutdown_request`` runs even if
     ``handle_error`` raises. When the request came through ``hosted``, a
     datagram reply the peer cannot take (its queue full, or gone) is counted
-    and logged rate-limited instead of going to ``handle_error``.
+    and logged rate-limited instead of going to ``handle_error``; and when
+    ``hosted`` parks connections and the handler keeps this one after its
+    first request, the connection is parked instead of shut down (see
+    ``reactor.keepalive``).
     ``BaseException`` (KeyboardInterrupt, SystemExit) still propagates after the
     request is shut down; a ``SystemExit`` is logged first, naming the server
     and handler, since it ends every server on the loop.
     """
     try:
         if server.verify_request(request, client_address):
-            server.process_request(request, client_address)
-        else:
-            server.shutdown_request(request)
-    except Exception as exc:
-        try:
-            lost = _lost_datagram_reply(request, exc) if hosted is not None else None
-            if lost is not None and hosted is not None:
-                hosted.reply_lost(client_address, lost)
-            elif hosted is not None and isinstance(exc, TimeoutError) and hosted.has_io_timeout:
-                hosted.io_timed_out(client_address, exc)
-            else:
-                server.handle_error(request, client_address)
-        finally:
-            server.shutdown_request(request)
-    except BaseException as exc:
+            factory = hosted.parking_factory() if hosted is not None else None
+            if factory is None:
+                server.process_request(request, client_address)
+                return
+            # BaseServer.process_request, with the handler kept when it asks.
+            handler = factory(request, client_address, server)
+            if KeptConnection.kept(handler):
+                assert hosted is not None
+                hosted.hold(KeptConnection(handler, request, client_address))
+                return
         server.shutdown_request(request)
-        if isinstance(exc, SystemExit):
-            handler = getattr(server, "RequestHandlerClass", None)
-            logger.error("%s: handler %s raised SystemExit(%r); it propagates out of the loop and "
-                         "stops every server on it", describe_server(server),
-                         getattr(handler, "__qualname__", handler), exc.code)
+    except Exception as exc:
+        _request_failed(server, request, client_address, hosted, exc)
+    except BaseException as exc:
+        _request_interrupted(server, request, exc)
         raise
+
+
+def serve_parked(hosted: HostedServer, conn: KeptConnection) -> None:
+    """Run the next request of a parked connection whose client sent it (in the strategy's thread).
+
+    The hooks behave as if the handler's ``handle()`` had gone on looping:
+    an exception runs the handler's ``finish()``, then ``handle_error`` and
+    ``shutdown_request``; a request that ends the connection runs ``finish()``
+    and ``shutdown_request``.
+    """
+    server = hosted.server
+    request = conn.request
+    try:
+        try:
+            conn.resume()
+            keep = conn.serve_next()
+        except BaseException:
+            conn.finish()  # as the handler's __init__ would, around handle()
+            raise
+        if keep:
+            hosted.hold(conn)
+            return
+        conn.finish()
+        server.shutdown_request(request)
+    except Exception as exc:
+        _request_failed(server, request, conn.client_address, hosted, exc)
+    except BaseException as exc:
+        _request_interrupted(server, request, exc)
+        raise
+
+
+def close_parked(hosted: HostedServer, conn: KeptConnection) -> None:
+    """End a parked connection unserved (idle too long, or its server is leaving): the
+    handler's ``finish()``, then ``shutdown_request``, in the loop's thread, never blocking."""
+    server = hosted.server
+    try:
+        conn.finish()
+    except Exception:
+        server.handle_error(conn.request, conn.client_address)
+    finally:
+        server.shutdown_request(conn.request)
+
+
+def _request_failed(server: Any, request: Any, client_address: Any, hosted: HostedServer | None,
+                    exc: Exception) -> None:
+    """``handle_error`` (or the count of a lost reply or an I/O timeout), then ``shutdown_request``."""
+    try:
+        lost = _lost_datagram_reply(request, exc) if hosted is not None else None
+        if lost is not None and hosted is not None:
+            hosted.reply_lost(client_address, lost)
+        elif hosted is not None and isinstance(exc, TimeoutError) and hosted.has_io_timeout:
+            hosted.io_timed_out(client_address, exc)
+        else:
+            server.handle_error(request, client_address)
+    finally:
+        server.shutdown_request(request)
+
+
+def _request_interrupted(server: Any, request: Any, exc: BaseException) -> None:
+    """Shut the request down before ``exc`` (KeyboardInterrupt, SystemExit) propagates."""
+    server.shutdown_request(request)
+    if isinstance(exc, SystemExit):
+        handler = getattr(server, "RequestHandlerClass", None)
+        logger.error("%s: handler %s raised SystemExit(%r); it propagates out of the loop and "
+                     "stops every server on it", describe_server(server),
+                     getattr(handler, "__qualname__", handler), exc.code)
 
 
 class Dispatch:
@@ -195,6 +274,10 @@ class Dispatch:
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         """Run the hooks for one request (see ``process_request_safely``)."""
         process_request_safely(hosted.server, request, client_address, hosted)
+
+    def resume(self, hosted: HostedServer, conn: KeptConnection) -> None:
+        """Run the next request of a parked connection (see ``serve_parked``)."""
+        serve_parked(hosted, conn)
 
     def begin_drain(self, hosted: HostedServer, on_drained: Callable[[], None]) -> float:
         """Let requests in flight finish; call ``on_drained()`` in the loop's thread once none is left
@@ -269,12 +352,20 @@ class HostedServer:
         self._idle_timer: TimerHandle | None = None
         self._last_activity = reactor.time()
         self._calls_service_actions = _overrides(server, "service_actions")
-        self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0}
+        # Every key from the start (stats() has one shape), and no key added later by another thread.
+        self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0, "io_timeouts": 0,
+                        "dispatched": 0, "resumed": 0, "keepalive_expired": 0}
+        if options.admission.active:
+            self._counts.update(dict.fromkeys(ADMISSION_COUNTERS, 0))
         #: One rate limit per cause (an errno, an exception class, "io_timeout") for everything
         #: a client can make this server warn about.
         self._warnings = RateLimitedLog(logger)
         self._admission: Admission | None = None
         self._patched_close_request: Callable[[Any], None] | None = None
+        self._parking: Parking | None = None
+        self._io_timeout = self._resolve_io_timeout()
+        #: The server's RequestHandlerClass last seen, and its parking variant (one tuple: read from many threads).
+        self._parking_variant: tuple[Any, Callable[..., Any] | None] = (None, None)
 
     @property
     def server(self) -> Any:
@@ -293,24 +384,68 @@ class HostedServer:
 
     def stats(self) -> dict[str, int]:
         """Counters: requests taken, requests lost before they were taken,
-        datagram replies the peer could not take, exhaustion pauses; with
-        admission, connections admitted and refused by cause, and open now."""
-        counts = dict(self._counts, requests=self.requests_taken)
-        if self._admission is not None:
-            counts.update(open=self._admission.open, admitting=self._admission.pending)
+        datagram replies the peer could not take, exhaustion pauses, handlers
+        that hit ``io_timeout``, handler runs handed to the dispatch
+        (``dispatched``, of which ``resumed`` were parked connections' next
+        requests), parked connections closed idle (``keepalive_expired``); the
+        gauge ``parked`` (now); with admission, connections admitted and
+        refused by cause, and the gauges open and admitting now
+        (:data:`STATS_GAUGES` names the gauges).
+
+        Every key is present from construction on, zero until it happens: the
+        shape depends only on the hosting options, so an unstarted
+        HostedServer's stats() is the zero shape a topology reports before
+        its processes do.
+        """
+        counts = dict(self._counts, requests=self.requests_taken,
+                      parked=self._parking.parked if self._parking is not None else 0)
+        if self._options.admission.active:
+            admission = self._admission
+            counts.update(open=admission.open if admission is not None else 0,
+                          admitting=admission.pending if admission is not None else 0)
         return counts
+
+    @property
+    def keepalive_timeout(self) -> float | None:
+        """Seconds a parked connection may stay idle; None when this server does not park."""
+        return self._parking.timeout if self._parking is not None else None
+
+    def parking_factory(self) -> Callable[..., Any] | None:
+        """The handler factory that lets this server's connections park, or None to run
+        ``process_request`` as it is (parking off, or a handler without a request boundary).
+
+        Thread-safety: safe from the strategy's threads.
+        """
+        if self._parking is None:
+            return None
+        factory = self._server.RequestHandlerClass
+        seen, variant = self._parking_variant
+        if factory is not seen:
+            variant = parking_factory(factory)
+            self._parking_variant = (factory, variant)
+        return variant
+
+    def hold(self, conn: KeptConnection) -> None:
+        """Park a connection whose handler keeps it after a request (from any thread)."""
+        assert self._parking is not None
+        self._parking.hold(conn)
+
+    @property
+    def io_timeout(self) -> float | None:
+        """The timeout given to each connection's socket before its handler runs (None: blocking)."""
+        return self._io_timeout
 
     @property
     def has_io_timeout(self) -> bool:
         """True when handed-over connections carry an ``io_timeout``."""
-        return self._options.admission.io_timeout is not None
+        return self._io_timeout is not None
 
     def io_timed_out(self, client_address: Any, exc: TimeoutError) -> None:
         """Count a handler that gave up on a silent client after ``io_timeout``; logged rate-limited."""
-        self._counts["io_timeouts"] = self._counts.get("io_timeouts", 0) + 1
+        self._counts["io_timeouts"] += 1
         self._warnings.warning(
             "io_timeout", "%s: closed the connection of %r: no I/O within io_timeout=%ss (%d so far)",
-            self.name, client_address, self._options.admission.io_timeout, self._counts["io_timeouts"])
+            self.name, client_address, self._io_timeout, self._counts["io_timeouts"])
 
     def reply_lost(self, client_address: Any, exc: OSError) -> None:
         """Count a datagram reply the peer could not take; logged rate-limited."""
@@ -329,6 +464,7 @@ class HostedServer:
         self._started = True
         if self._options.admission.active:
             self._start_admission()
+        self._start_parking()
         self._dispatch.bind(self)
         self._bound = True  # detach undoes only what start did: a refused bind leaves the pool alone
         hosting_started = getattr(self._server, "hosting_started", None)
@@ -353,6 +489,8 @@ class HostedServer:
         self.pause(PauseReason.DRAINING)
         if self._admission is not None:
             self._admission.close_all()
+        if self._parking is not None:
+            self._parking.close_all()  # idle between requests: nothing in flight to wait for
         if not self._bound:
             on_drained()
             return 0.0
@@ -370,6 +508,8 @@ class HostedServer:
         self._started = False
         self._cancel_timers()
         self._sync_registration()
+        if self._parking is not None:
+            self._parking.close_all()
         if self._claimed and not self.reactor.closed:
             self.reactor.release(self._fd, self)
         self._claimed = False
@@ -421,7 +561,8 @@ class HostedServer:
         server = self._server
         reactor = self.reactor
         dispatch = self._dispatch
-        taken = 0
+        io_timeout = self._io_timeout
+        taken = submitted = 0
         for _ in range(self.accept_batch):
             # A handler may have stopped the reactor, paused or even removed
             # this server (detach restored the socket's blocking mode); a
@@ -455,12 +596,14 @@ class HostedServer:
                     self._admission.take(request, client_address)
                     continue
                 # BSD and macOS hand out accepted sockets with the listener's
-                # O_NONBLOCK; re-applying the socket's own timeout makes the
-                # descriptor agree with what the handler expects.
-                request.settimeout(request.gettimeout())
+                # O_NONBLOCK; setting the timeout (the socket's own, without
+                # io_timeout) makes the descriptor agree with what the handler expects.
+                request.settimeout(request.gettimeout() if io_timeout is None else io_timeout)
+            submitted += 1
             dispatch.submit(self, request, client_address)
         if taken:
             self.requests_taken += taken
+            self._counts["dispatched"] += submitted
             self._last_activity = reactor.time()
             if self._calls_service_actions and self._started:
                 server.service_actions()
@@ -472,7 +615,8 @@ class HostedServer:
         if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
             raise ValueError(f"{self.name}: connection options (TLS, PROXY, limits, timeouts) "
                              "apply to stream servers only")
-        admission = Admission(self.reactor, self.name, self._options.admission, sock.family,
+        options = replace(self._options.admission, io_timeout=self._io_timeout)
+        admission = Admission(self.reactor, self.name, options, sock.family,
                               self._submit_admitted, self._counts, self._pause_at_capacity)
         original = self._server.close_request
 
@@ -493,7 +637,41 @@ class HostedServer:
         if not self._started or PauseReason.DRAINING in self._pause_reasons:
             self._server.shutdown_request(request)  # admitted as the server began leaving
             return
+        self._counts["dispatched"] += 1
         self._dispatch.submit(self, request, client_address)
+
+    def _resolve_io_timeout(self) -> float | None:
+        timeout = self._options.admission.io_timeout
+        if timeout is None:
+            sock = getattr(self._server, "socket", None)
+            in_loop_thread = (type(self._dispatch).submit is Dispatch.submit
+                              and not _overrides(self._server, "process_request"))
+            if in_loop_thread and isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM:
+                return DEFAULT_INLINE_IO_TIMEOUT
+            return None
+        return timeout or None  # 0: blocking
+
+    # -- parking ---------------------------------------------------------------
+
+    def _start_parking(self) -> None:
+        timeout = self._options.admission.keepalive_timeout
+        if timeout is None:
+            timeout = DEFAULT_KEEPALIVE_TIMEOUT
+        sock = getattr(self._server, "socket", None)
+        if (not timeout or not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM
+                or _overrides(self._server, "process_request") or _overrides(self._server, "finish_request")):
+            return  # only a handler built the way BaseServer builds it can be driven a request at a time
+        strategy = type(self._dispatch)
+        if strategy.submit is not Dispatch.submit and strategy.resume is Dispatch.resume:
+            return  # a strategy of its own that knows nothing of parking: next requests would run inline
+        self._parking = Parking(self.reactor, timeout, self._resume_parked, self._close_parked, self._counts)
+
+    def _resume_parked(self, conn: KeptConnection) -> None:
+        self._counts["dispatched"] += 1
+        self._dispatch.resume(self, conn)
+
+    def _close_parked(self, conn: KeptConnection) -> None:
+        close_parked(self, conn)
 
     def _pause_at_capacity(self, paused: bool) -> None:
         if paused:

@@ -18,13 +18,21 @@ for one host) and *credential* entries (``"uid:1000"``, ``"gid:50"``).
    client's kind, the client must match one of them; if there are none, a
    client that no deny entry matched is permitted. An empty rule set permits
    everything, and costs one attribute test per connection.
-3. **Each kind of entry applies to its kind of client.** Network entries
-   apply to IP clients, credential entries to Unix clients (through their
-   peer credentials). A listener has one address family, so a rule set that
-   mixes the kinds, or network rules on a Unix listener, or ``uid:`` rules on
-   a TCP listener, is a configuration error: ``validate_for(family)`` says so
-   once, when the listener is configured, rather than silently ignoring
-   entries on every connection.
+3. **Each kind of entry judges what it can see, and every kind present
+   must pass.** Network entries judge the client's IP address (behind a
+   PROXY header, the proxied client's); credential entries judge the peer
+   process of a Unix stream connection (behind a header, the proxy itself).
+   So a Unix listener behind HAProxy can require both the proxy's uid and a
+   client network. A client without an IP address (a Unix peer speaking for
+   itself, or a proxy's own connection: a LOCAL header) is judged by the
+   credential entries alone; a *proxied* client without one (a v2 header
+   naming Unix addresses) matches no network allow entry. Entries that can
+   never apply to a listener are a configuration error, which
+   ``validate_for(family, proxied=...)`` reports once, when the listener is
+   configured, rather than silently ignoring them on every connection:
+   ``uid:`` rules on a TCP listener, and, unless the listener reads PROXY
+   headers (whose clients may be of any family), network rules on a Unix
+   listener.
 4. **IPv4-mapped addresses are IPv4.** A dual-stack IPv6 listener sees an IPv4
    client as ``::ffff:a.b.c.d``; it is matched as ``a.b.c.d`` against the IPv4
    entries. A network entry written inside the mapped block
@@ -314,7 +322,8 @@ class AccessRules:
     def __repr__(self) -> str:
         return f"AccessRules(allow={list(self._allow.texts)!r}, deny={list(self._deny.texts)!r})"
 
-    def permits(self, client_address: object, credentials: Credentials | None = None) -> bool:
+    def permits(self, client_address: object, credentials: Credentials | None = None, *,
+                proxied: bool = False) -> bool:
         """Whether a client may connect.
 
         Args:
@@ -322,8 +331,11 @@ class AccessRules:
                 ``("::1", port, flowinfo, scope_id)`` (the host may carry a
                 ``%scope``), a Unix path as str or bytes (``""`` for an unnamed
                 client, bytes starting with NUL for the abstract namespace), or None.
-            credentials: the peer credentials of a Unix client
-                (``peer_credentials()``); ignored for IP clients.
+            credentials: the peer credentials of a Unix stream connection
+                (``peer_credentials()``); None where there are none, which
+                any credential entry refuses.
+            proxied: ``client_address`` came from a PROXY header (it names a
+                client other than the socket's peer).
 
         Returns:
             True if the client is permitted. The address is parsed once; each
@@ -332,13 +344,15 @@ class AccessRules:
         """
         if self._empty:
             return True
+        if self._credential_rules and not self._permits_credentials(credentials):
+            return False
         version, value = _classify(client_address)
         if version == 4:
             deny, allow = self._deny.v4, self._allow.v4
         elif version == 6:
             deny, allow = self._deny.v6, self._allow.v6
         elif version == _LOCAL:
-            return self._permits_credentials(credentials)
+            return not (proxied and self._network_allow)
         else:
             return False
         for net, mask in deny:
@@ -352,8 +366,6 @@ class AccessRules:
         return False
 
     def _permits_credentials(self, credentials: Credentials | None) -> bool:
-        if not self._credential_rules:
-            return True
         if credentials is None:
             return False  # rules we cannot check: refuse
         deny = self._deny
@@ -364,20 +376,25 @@ class AccessRules:
         allow = self._allow
         return credentials.uid in allow.uids or credentials.gid in allow.gids
 
-    def validate_for(self, family: int) -> None:
+    def validate_for(self, family: int, *, proxied: bool = False) -> None:
         """Check that every entry can apply to a listener of ``family``.
 
         An empty rule set suits every family. Otherwise:
 
         * AF_INET / AF_INET6: no ``uid:``/``gid:`` entries (a TCP peer has no
           credentials). An AF_INET listener with network allow entries needs an
-          IPv4 one among them, or it would refuse every client. IPv6 entries on
-          an AF_INET listener are otherwise accepted, so that one rule set
-          (``["127.0.0.1", "::1"]``) can serve a pair of IPv4 and IPv6 listeners.
-        * AF_UNIX: no network entries (a Unix client has no IP address).
-          Credentials come only with stream sockets: a datagram listener has
-          no connection to check.
+          IPv4 one among them, or it would refuse every client, unless it is
+          ``proxied``. IPv6 entries on an AF_INET listener are otherwise
+          accepted, so that one rule set (``["127.0.0.1", "::1"]``) can serve a
+          pair of IPv4 and IPv6 listeners.
+        * AF_UNIX: no network entries (a Unix client has no IP address),
+          unless the listener is ``proxied``. Credentials come only with
+          stream sockets: a datagram listener has no connection to check.
         * any other family: no rules at all.
+
+        Args:
+            proxied: the listener reads PROXY protocol headers, so its clients
+                may be of any family, whatever the listener's own.
 
         Raises:
             ValueError: naming the entries that cannot apply and the family.
@@ -391,12 +408,12 @@ class AccessRules:
             if credential:
                 raise ValueError(f"uid:/gid: entries apply only to Unix stream listeners, not to an {name}"
                                  f" listener: {credential}")
-            if family == socket.AF_INET and self._network_allow and not self._allow.v4:
+            if family == socket.AF_INET and self._network_allow and not self._allow.v4 and not proxied:
                 raise ValueError(f"no allow entry can match a client of an {name} listener, which would"
                                  f" refuse every connection: {list(self._allow.texts)}")
             return
         if family == getattr(socket, "AF_UNIX", None):
-            if network:
+            if network and not proxied:
                 raise ValueError(f"network entries do not apply to an {name} listener (its clients have no"
                                  f" IP address; use uid:/gid: entries): {network}")
             return

@@ -38,7 +38,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from ._ratelimit import RateLimitedLog
@@ -50,9 +50,13 @@ from .proxy_protocol import ProxyHeader, ProxyHeaderError, ProxyParser
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["Admission", "AdmissionOptions", "RequestInfo", "request_info"]
+__all__ = ["ADMISSION_COUNTERS", "Admission", "AdmissionOptions", "RequestInfo", "request_info"]
 
 logger = logging.getLogger(__name__)
+
+#: The counters admission adds to its server's stats: admitted, and dropped by cause.
+ADMISSION_COUNTERS = ("admitted", "refused_by_rule", "refused_by_limit", "proxy_errors", "tls_failures",
+                      "timeouts", "closed_early")
 
 #: Most bytes peeked at once while reading a PROXY header: a v1 header, or a v2
 #: header with its usual TLVs, in one read; a longer one takes a few.
@@ -76,7 +80,19 @@ class AdmissionOptions:
         wait_for_data: seconds to wait for the client's first bytes before
             handing the connection over (None: hand it over at once).
         io_timeout: the handed-over socket's timeout, so no handler waits on
-            a client longer than that (None: blocking, as socketserver).
+            a client longer than that; 0: none (blocking, as socketserver);
+            None: the host's default: ``DEFAULT_INLINE_IO_TIMEOUT`` for a
+            handler that runs in the loop's own thread (``Inline``), none for
+            others and for a standalone compat server's ``serve_forever()``.
+            Given (not None or 0), connections go through admission, so that
+            ``request_info()`` answers for them.
+        keepalive_timeout: seconds a connection may wait parked between two
+            requests (``reactor.keepalive``); 0 turns parking off; None means
+            the host's default: ``DEFAULT_KEEPALIVE_TIMEOUT`` on
+            ``Reactor.add_server``, off for a standalone compat server's
+            ``serve_forever()`` (the stdlib's behaviour). Not an admission
+            stage: it applies to stream servers whose handler exposes a
+            request boundary, with or without the options above.
     """
 
     ssl_context: ssl.SSLContext | None = None
@@ -90,6 +106,7 @@ class AdmissionOptions:
     max_connections_per_ip: int | None = None
     wait_for_data: float | None = None
     io_timeout: float | None = None
+    keepalive_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.proxy_protocol not in (None, "v1", "v2", "any"):
@@ -97,10 +114,12 @@ class AdmissionOptions:
         for name in ("handshake_timeout", "header_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("wait_for_data", "io_timeout"):
+        if self.wait_for_data is not None and self.wait_for_data <= 0:
+            raise ValueError("wait_for_data must be positive or None")
+        for name in ("io_timeout", "keepalive_timeout"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None")
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be positive, 0 (off) or None (the default)")
 
     def keywords(self) -> dict[str, Any]:
         """These options as ``Reactor.add_server`` keywords."""
@@ -109,7 +128,9 @@ class AdmissionOptions:
     @property
     def active(self) -> bool:
         """True when anything is asked of admission (else connections go straight to the dispatch)."""
-        return self != _NOTHING
+        # keepalive_timeout is not an admission stage; io_timeout makes the
+        # connection's request_info() available only when asked for explicitly.
+        return replace(self, io_timeout=self.io_timeout or None, keepalive_timeout=None) != _NOTHING
 
 
 _NOTHING = AdmissionOptions()
@@ -190,7 +211,7 @@ class Admission:
         self._counts = counts
         self._pause = pause
         self._rules = AccessRules(options.allow, options.deny)
-        self._rules.validate_for(family)
+        self._rules.validate_for(family, proxied=options.proxy_protocol is not None)
         self._trusted = AccessRules(allow=options.proxy_trusted)
         if options.proxy_trusted:
             self._trusted.validate_for(family)
@@ -200,8 +221,7 @@ class Admission:
         self._open: dict[int, Any] = {}
         self._at_capacity = False
         self._log = RateLimitedLog(logger)
-        for name_ in ("admitted", "refused_by_rule", "refused_by_limit", "proxy_errors", "tls_failures",
-                      "timeouts", "closed_early"):
+        for name_ in ADMISSION_COUNTERS:
             counts.setdefault(name_, 0)
 
     @property
@@ -253,7 +273,8 @@ class Admission:
 
     def _after_proxy(self, conn: _Connection) -> None:
         credentials = self._credentials(conn)
-        if not self._rules.empty and not self._rules.permits(conn.client_address, credentials):
+        if not self._rules.empty and not self._rules.permits(conn.client_address, credentials,
+                                                             proxied=conn.info.proxy_address is not None):
             self._drop(conn, "refused_by_rule", "refused by allow/deny")
             return
         key = conn.client_address

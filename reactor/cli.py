@@ -299,8 +299,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                       help="open connections at most; beyond it, new ones wait in the kernel backlog")
     conn.add_argument("--max-connections-per-ip", metavar="N", type=_positive(int),
                       help="open connections at most per client IP address")
-    conn.add_argument("--io-timeout", metavar="SECONDS", type=_positive(float),
-                      help="timeout of the handler's socket: no client holds a worker longer than that per read")
+    conn.add_argument("--io-timeout", metavar="SECONDS", type=_positive(float, allow_zero=True),
+                      help="timeout of the handler's socket: no client holds a worker longer than that per read "
+                           "(default: 30 for --dispatch inline, none otherwise; 0: none)")
     conn.add_argument("--wait-for-data", metavar="SECONDS", type=_positive(float),
                       help="hand a connection to the handler only once the client sent something, within "
                            "this time")
@@ -463,7 +464,8 @@ def _server_config(namespace: argparse.Namespace, index: int) -> ServerConfig:
         ("allow", tuple(namespace.allow)), ("deny", tuple(namespace.deny)),
         ("max_connections", namespace.max_connections),
         ("max_connections_per_ip", namespace.max_connections_per_ip),
-        ("io_timeout", namespace.io_timeout), ("wait_for_data", namespace.wait_for_data)) if value}
+        ("io_timeout", namespace.io_timeout), ("wait_for_data", namespace.wait_for_data))
+        if value is not None and value != ()}
     try:  # check networks and rules now, not after binding
         AdmissionOptions(**connection)
         AccessRules(namespace.allow, namespace.deny)

@@ -21,7 +21,8 @@ import logging
 import threading
 from typing import Any, Callable
 
-from .accept import Dispatch, HostedServer, Inline, PauseReason, process_request_safely
+from .accept import Dispatch, HostedServer, Inline, PauseReason, close_parked, process_request_safely, serve_parked
+from .keepalive import KeptConnection
 
 __all__ = ["Dispatch", "Inline", "ThreadPool"]
 
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 _EXIT_JOIN_TIMEOUT = 1.0
 
 _worker_of = threading.local()
+
+#: The client address queued with a parked connection's next request (the connection is the request).
+_RESUME = object()
 
 
 class ThreadPool(Dispatch):
@@ -110,6 +114,13 @@ class ThreadPool(Dispatch):
 
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         """Queue one request for a worker; pause the server's socket when the pool is full."""
+        self._enqueue(hosted, request, client_address)
+
+    def resume(self, hosted: HostedServer, conn: KeptConnection) -> None:
+        """Queue a parked connection's next request for any free worker (counted like a request)."""
+        self._enqueue(hosted, conn, _RESUME)
+
+    def _enqueue(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
         with self._lock:
             self._queue.append((request, client_address))
             spawn = False
@@ -154,8 +165,11 @@ class ThreadPool(Dispatch):
         if unserved:
             logger.warning("%s: closing %d queued requests unserved (drain aborted or past drain_timeout=%ss)",
                            hosted.name, len(unserved), self.drain_timeout)
-            for request, _ in unserved:
-                hosted.server.shutdown_request(request)
+            for request, client_address in unserved:
+                if client_address is _RESUME:
+                    close_parked(hosted, request)
+                else:
+                    hosted.server.shutdown_request(request)
 
     def unbind(self, hosted: HostedServer) -> None:
         """Stop the workers: they exit once drained; any still running a handler are abandoned."""
@@ -199,7 +213,10 @@ class ThreadPool(Dispatch):
                 request, client_address = self._queue.popleft()
                 self._running += 1
             try:
-                process_request_safely(server, request, client_address, hosted)
+                if client_address is _RESUME:
+                    serve_parked(hosted, request)
+                else:
+                    process_request_safely(server, request, client_address, hosted)
             except BaseException:
                 # SystemExit or KeyboardInterrupt raised by a handler: the
                 # request is already shut down; a worker is no place to exit.

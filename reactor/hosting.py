@@ -151,6 +151,7 @@ class Reactor(EventLoop):
         max_connections_per_ip: int | None = None,
         wait_for_data: float | None = None,
         io_timeout: float | None = None,
+        keepalive_timeout: float | None = None,
     ) -> None:
         """Host a socketserver-style server: take and handle its requests when its socket is readable.
 
@@ -197,7 +198,17 @@ class Reactor(EventLoop):
             wait_for_data: hand a connection over only once its client sent
                 something, within this many seconds (None: at once).
             io_timeout: the timeout of the handler's socket, so no client holds
-                a worker or the loop longer than that (None: blocking).
+                a worker or the loop longer than that. None: 30 s
+                (``DEFAULT_INLINE_IO_TIMEOUT``) for a stream handler that runs
+                in the loop's thread (``Inline``, where one silent client would
+                stop every server on the loop), blocking for the others; 0:
+                blocking.
+            keepalive_timeout: seconds a connection may wait *parked* between
+                two requests, holding no thread (see ``reactor.keepalive``): for
+                handlers that expose a request boundary, e.g. unmodified HTTP/1.1
+                ``http.server`` handlers. None: ``DEFAULT_KEEPALIVE_TIMEOUT``
+                (5 s) under every strategy; 0: off (the handler keeps its
+                connection, and its thread, for the connection's whole life).
 
         Raises:
             ValueError: the server or its descriptor is already in this reactor.
@@ -216,7 +227,7 @@ class Reactor(EventLoop):
             ssl_context=ssl_context, handshake_timeout=handshake_timeout, proxy_protocol=proxy_protocol,
             proxy_trusted=tuple(proxy_trusted), header_timeout=header_timeout, allow=tuple(allow),
             deny=tuple(deny), max_connections=max_connections, max_connections_per_ip=max_connections_per_ip,
-            wait_for_data=wait_for_data, io_timeout=io_timeout)
+            wait_for_data=wait_for_data, io_timeout=io_timeout, keepalive_timeout=keepalive_timeout)
         options = HostingOptions(service_interval=service_interval, handle_timeouts=handle_timeouts,
                                  admission=admission)
         strategy = dispatch if dispatch is not None else Inline()
@@ -330,8 +341,20 @@ class Reactor(EventLoop):
         return self.attachment_of(server).dispatch
 
     def server_stats(self, server: Any) -> dict[str, Any]:
-        """Counters of ``server``'s hosting (requests taken, requests lost before they were
-        taken, datagram replies lost, exhaustion pauses; a topology's own shape).
+        """Counters of ``server``'s hosting, one shape for every strategy.
+
+        ``Inline`` and ``ThreadPool`` give ``HostedServer.stats()``: requests
+        taken, requests lost before they were taken (``dropped``), datagram
+        replies lost, exhaustion pauses, ``io_timeouts``; with connection
+        options also ``admitted``, ``refused_by_rule``, ``refused_by_limit``,
+        ``proxy_errors``, ``tls_failures``, ``timeouts``, ``closed_early`` and
+        the gauges ``open`` and ``admitting`` (``accept.STATS_GAUGES``). Every
+        key is present, zero until it happens. ``Prefork`` gives the same keys
+        summed over its workers (counters never go backwards when a worker is
+        replaced; gauges count the live workers), as last reported with their
+        heartbeats, plus the pool's own keys ``workers``, ``pids``, ``ready``,
+        ``arbiter`` and ``spawned`` (see ``Prefork.stats()``). Returns at
+        once: it never waits for another thread or process.
 
         Raises:
             KeyError: the server is not hosted here.

@@ -39,6 +39,12 @@ What differs, on purpose:
   :mod:`reactor.dispatch`) used by ``serve_forever()``, and stream servers a
   keyword-only ``connection_options=AdmissionOptions(...)`` (TLS, PROXY protocol,
   access rules, limits, deadlines; see :mod:`reactor.admission`).
+* Hosted with a ``dispatch`` (or on a Reactor), a keep-alive connection whose
+  handler exposes a request boundary (an HTTP/1.1 ``http.server`` handler, or
+  :class:`RequestLoop`, importable from here) is parked in the loop between
+  requests, holding no thread (see :mod:`reactor.keepalive`). Without
+  ``dispatch``, ``serve_forever()`` keeps the stdlib's one connection per
+  handler call unless ``connection_options`` sets ``keepalive_timeout``.
 * ``request_queue_size`` (the listen backlog of TCP and Unix stream servers)
   defaults to ``socket.SOMAXCONN`` instead of 5: connections that arrive
   while the loop is busy, or while a full ``ThreadPool`` has paused accepting,
@@ -72,7 +78,9 @@ from .accept import Dispatch, HostedServer, PauseReason, describe_server, proces
 from .admission import AdmissionOptions
 from .binding import UnixSocketPath, bind_socket, family_for_address
 from .hosting import Reactor, Topology
+from .keepalive import RequestLoop as RequestLoop
 
+# Exactly the stdlib's names (reactor's additions, such as RequestLoop, are importable but not starred).
 __all__ = list(_std.__all__)
 
 logger = logging.getLogger(__name__)
@@ -365,6 +373,12 @@ class BaseServer(_std.BaseServer):
             # Shut down before it started: return without binding a dispatch.
             if not reactor.stopping:
                 admission = self.connection_options.keywords() if self.connection_options is not None else {}
+                if self.dispatch is None:
+                    # Used as the stdlib's, it behaves as the stdlib's: a handler keeps its
+                    # connection, blocking, unless connection_options says otherwise.
+                    for option in ("keepalive_timeout", "io_timeout"):
+                        if admission.get(option) is None:
+                            admission[option] = 0
                 reactor.add_server(self, self.dispatch, service_interval=poll_interval, handle_timeouts=False,
                                    **admission)
                 try:

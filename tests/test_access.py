@@ -270,14 +270,35 @@ def test_unknown_credentials_are_refused_by_any_credential_rule() -> None:
     assert AccessRules(deny=["10.0.0.0/8"]).permits(""), "without credential rules nothing needs checking"
 
 
-def test_credential_entries_do_not_apply_to_ip_clients_and_credentials_are_ignored_there() -> None:
+def test_credential_entries_judge_the_peer_whatever_client_a_proxy_header_names() -> None:
     rules = AccessRules(allow=["uid:1000"], deny=["uid:0"])
-    assert rules.permits(v4("10.1.2.3"))
-    assert rules.permits(v4("10.1.2.3"), creds(0, 0))
+    # A Unix listener behind a proxy: the client is an IP address, the peer is the proxy.
+    assert rules.permits(v4("10.1.2.3"), creds(1000, 1000), proxied=True)
+    assert not rules.permits(v4("10.1.2.3"), creds(0, 0), proxied=True)
+    assert not rules.permits(v4("10.1.2.3"), creds(1001, 1001), proxied=True)
+    assert not rules.permits(v4("10.1.2.3")), "credential rules that cannot be checked refuse"
     with pytest.raises(ValueError, match=r"uid:/gid: entries apply only to Unix stream listeners"):
         rules.validate_for(socket.AF_INET)
     network = AccessRules(allow=["10.0.0.0/8"])
     assert not network.permits(v4("11.0.0.1"), creds(1000, 1000))
+
+
+def test_every_kind_of_entry_present_must_pass() -> None:
+    both = AccessRules(allow=["10.0.0.0/8", "uid:1000"])
+    assert both.permits(v4("10.0.0.1"), creds(1000, 1000), proxied=True)
+    assert not both.permits(v4("11.0.0.1"), creds(1000, 1000), proxied=True)
+    assert not both.permits(v4("10.0.0.1"), creds(1001, 1001), proxied=True)
+    assert both.permits("", creds(1000, 1000)), "the proxy's own connection (LOCAL): its credentials alone"
+    assert not both.permits("/run/client.sock", creds(1000, 1000), proxied=True), \
+        "a proxied client without an IP address matches no network allow entry"
+    assert AccessRules(deny=["10.0.0.0/8"]).permits("/run/client.sock", proxied=True)
+
+
+def test_a_listener_behind_a_proxy_takes_network_rules_for_its_clients_families() -> None:
+    AccessRules(allow=["::1"]).validate_for(socket.AF_INET, proxied=True)
+    AccessRules(allow=["10.0.0.0/8"]).validate_for(socket.AF_UNIX, proxied=True)
+    with pytest.raises(ValueError, match=r"uid:/gid: entries apply only to Unix stream listeners"):
+        AccessRules(allow=["uid:1"]).validate_for(socket.AF_INET, proxied=True)
 
 
 # ---------------------------------------------------------------- validate_for

@@ -256,6 +256,40 @@ def test_io_timeout_ends_a_handler_waiting_on_a_stalled_client(
     server.server_close()
 
 
+class TimeoutProbe(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(f"{self.connection.gettimeout()}\n".encode())
+
+
+@pytest.mark.parametrize("dispatch, io_timeout, expected", [
+    (None, None, b"30.0\n"),  # inline: a silent client would stop the loop, so 30 s by default
+    (None, 0, b"None\n"),  # 0: blocking, as asked
+    (None, 2.5, b"2.5\n"),
+    ("pool", None, b"None\n"),  # a worker thread: blocking, as socketserver
+], ids=["inline-default", "inline-off", "inline-given", "pool-default"])
+def test_io_timeout_defaults_to_30_s_only_for_handlers_in_the_loops_thread(
+        dispatch: Any, io_timeout: Any, expected: bytes) -> None:
+    reactor = Reactor()
+    server = socketserver.TCPServer(("127.0.0.1", 0), TimeoutProbe)
+    reactor.add_server(server, ThreadPool(1) if dispatch == "pool" else None, io_timeout=io_timeout)
+    with reactor_thread(reactor):
+        assert ask(server.server_address) == expected
+    server.server_close()
+
+
+def test_a_standalone_compat_server_keeps_blocking_sockets() -> None:
+    server = socketserver.TCPServer(("127.0.0.1", 0), TimeoutProbe)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        assert ask(server.server_address) == b"None\n"
+    finally:
+        server.shutdown()
+        thread.join(JOIN_TIMEOUT)
+        server.server_close()
+
+
 def test_request_info_names_the_peer(reactor_with_witness: tuple[Reactor, Any]) -> None:
     seen: list[Any] = []
 

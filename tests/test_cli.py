@@ -225,6 +225,7 @@ def test_the_console_script_is_declared() -> None:
     (["cli_apps:EchoHandler", "--dispatch", "threads:0"], "argument --dispatch/-d: expected inline"),
     (["cli_apps:EchoHandler", "--dispatch", "prefork:2,forks=3"], "argument --dispatch/-d: expected inline"),
     (["cli_apps:EchoHandler", "--max-connections", "-1"], "argument --max-connections: '-1' must be positive"),
+    (["cli_apps:EchoHandler", "--io-timeout", "-1"], "argument --io-timeout: '-1' must be 0 or more"),
     (["cli_apps:EchoHandler", "--tls-key", "k.pem"], "--tls-key needs --tls-cert"),
     (["cli_apps:EchoHandler", "--bind", "udp://127.0.0.1:0", "--io-timeout", "1"],
      "apply to stream servers, not to udp://127.0.0.1:0"),

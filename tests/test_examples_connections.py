@@ -1,4 +1,4 @@
-"""The connections example (examples/connections.py): admission, in a fresh interpreter."""
+"""The connections examples (examples/connections.py, examples/https.py), in fresh interpreters."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ def test_connections_example_admits_proxied_clients_and_closes_idle_ones() -> No
         "stopped",
     ]
     assert lines[3].startswith("http.server log: 192.0.2.10 \"GET / HTTP/1.0\" 200")
+
+
+HTTPS_EXAMPLE = REPO_ROOT / "examples" / "https.py"
+
+
+def test_https_example_serves_an_unmodified_handler_over_tls_and_parks_keepalive_connections() -> None:
+    result = run_python(HTTPS_EXAMPLE, "--once", timeout=90)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.stdout.splitlines() == [
+        "hello over TLSv1.3",
+        "9 requests over 3 connections, 6 of them on parked connections",
+    ]

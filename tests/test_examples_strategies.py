@@ -286,9 +286,10 @@ def check_prefork_once(lines: list[str], listening: str, *, recycled: bool) -> t
         r"master (\d+), workers (\d+ \d+)",
         *[rf"client {n}: sent b'hello {n}\\n', received b'served by worker (\d+)\\n'" for n in range(1, 11)],
         r"Prefork\.worker_pids: \[([\d, ]*)\]",
-        r"Prefork\.stats\(\): \{'workers': 2, 'pids': \[([\d, ]*)\], 'ready': \[([\d, ]*)\], "
+        r"Prefork\.stats\(\), the pool's keys: \{'workers': 2, 'pids': \[([\d, ]*)\], 'ready': \[([\d, ]*)\], "
         r"'arbiter': (\d+), 'spawned': (\d+)\}",
         r"10 requests served by (\d+) worker processes: (.*)",
+        r"server_stats\(server\)\['requests'\], summed over the workers: 10",
         "stopped: the workers and the arbiter have exited",
     ])
     master = int(matches[1].group(1))

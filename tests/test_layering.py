@@ -42,7 +42,7 @@ LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "acce
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     LEAF_MODULES,
     ("binding", "loop"),
-    ("admission",),
+    ("admission", "keepalive"),
     ("accept",),
     ("hosting",),
     ("dispatch",),
@@ -60,6 +60,7 @@ FORBIDDEN = {
     "loop": {"accept", "hosting", "binding", "socketserver", "dispatch", "prefork"},
     "binding": {"loop", "accept", "hosting", "socketserver", "dispatch", "prefork"},
     "admission": {"accept", "hosting", "socketserver", "dispatch", "prefork"},
+    "keepalive": {"accept", "hosting", "socketserver", "dispatch", "prefork", "admission"},
     "accept": {"hosting", "socketserver", "dispatch", "prefork"},
     "hosting": {"socketserver", "dispatch", "prefork"},
 }

@@ -1228,3 +1228,148 @@ def test_master_and_arbiter_killed_together_leave_no_process(start: Callable[...
              message=lambda: f"left: { {pid: process_state(pid) for pid in everyone if not exited(pid)} }")
     tree.lines.wait_eof(10)
     assert "took over" not in tree.stderr()
+
+
+# ---------------------------------------------------------------- server_stats: one shape, summed
+
+STATS_SERVER = SCRIPTS / "stats_server.py"
+#: The keys a Prefork adds to the server's own stats.
+POOL_KEYS = {"workers", "pids", "ready", "arbiter", "spawned"}
+#: The counters and gauges the stats tests cause, or must find untouched.
+KNOWN_COUNTERS = ("requests", "dropped", "replies_lost", "exhausted", "io_timeouts", "admitted", "refused_by_rule",
+                  "refused_by_limit", "proxy_errors", "tls_failures", "timeouts", "closed_early", "open", "admitting")
+
+
+def server_stats(tree: Tree) -> dict[str, Any]:
+    """``Reactor.server_stats(server)`` in the script's master, asked over stdin."""
+    assert tree.proc.stdin is not None
+    tree.proc.stdin.write("stats\n")
+    tree.proc.stdin.flush()
+    stats: dict[str, Any] = json.loads(tree.expect("stats"))
+    tree.learn(*stats.get("pids", ()), stats.get("arbiter") or 0)
+    return stats
+
+
+def refused_from(address: Address, source: str) -> bool:
+    """True if a connection from the loopback address ``source`` ends unserved."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        sock.connect(address)
+        try:
+            sock.sendall(b"pid\n")
+        except ConnectionError:
+            return True
+        return not_served(sock)
+
+
+def wait_counts(tree: Tree, expected: dict[str, int], timeout: float = 10) -> dict[str, Any]:
+    """Ask for ``server_stats`` until the keys of ``expected`` have exactly those values; return the stats."""
+    last: list[dict[str, Any]] = []
+
+    def check() -> dict[str, Any]:
+        stats = server_stats(tree)
+        last[:] = [stats]
+        return stats if {key: stats.get(key) for key in expected} == expected else {}
+
+    return wait_for(check, timeout=timeout, interval=0.05,
+                    message=lambda: f"server_stats never reached {expected}; last: {last}")
+
+
+def stop_by_eof(tree: Tree) -> None:
+    """Close the script's stdin (it stops and closes its reactor), then ``exits_cleanly``."""
+    assert tree.proc.stdin is not None
+    tree.proc.stdin.close()
+    exits_cleanly(tree)
+
+
+def test_server_stats_of_a_prefork_pool_sum_every_workers_counters(start: Callable[..., Tree]) -> None:
+    tree = start(STATS_SERVER, "--admission", "--workers", "2")
+    port, _ = tree.ready()
+    address = ("127.0.0.1", int(port))
+    served = pids_of_every_worker(address, 2)  # both workers count
+    for _ in range(4):
+        served.add(ask_pid(address))
+    for _ in range(3):
+        assert refused_from(address, "127.0.0.2")  # denied by the rule
+    expected = dict.fromkeys(KNOWN_COUNTERS, 0)
+    expected.update(requests=6 + 3, admitted=6, refused_by_rule=3)
+    stats = wait_counts(tree, expected)
+    assert served <= set(stats["pids"]) and len(stats["pids"]) == 2
+    assert POOL_KEYS <= set(stats)
+    stop_by_eof(tree)
+
+
+def test_server_stats_never_go_backwards_when_a_killed_worker_is_replaced(start: Callable[..., Tree]) -> None:
+    tree = start(STATS_SERVER, "--admission", "--workers", "2")
+    port, _ = tree.ready()
+    address = ("127.0.0.1", int(port))
+    first = pids_of_every_worker(address, 2)
+    for _ in range(3):
+        ask_pid(address)
+    assert refused_from(address, "127.0.0.2")
+    counts = {"requests": 6, "admitted": 5, "refused_by_rule": 1, "open": 0}
+    wait_counts(tree, counts)  # every count reported, so the victim's are all in the arbiter's sum
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    seen: list[dict[str, Any]] = []
+
+    def replaced() -> bool:
+        stats = server_stats(tree)
+        seen.append(stats)
+        return victim not in stats["pids"] and len(stats["ready"]) == 2
+
+    wait_for(replaced, timeout=REPLACEMENT_BOUND + 5, interval=0.02,
+             message=lambda: f"the killed worker was not replaced; last stats: {seen[-1:]}")
+    for stats in seen:
+        assert {key: stats[key] for key in counts} == counts, f"the counts changed when {victim} died: {stats}"
+    for _ in range(2):
+        ask_pid(address)
+    wait_counts(tree, {"requests": 8, "admitted": 7, "refused_by_rule": 1})
+    stop_by_eof(tree)
+    assert f"worker {victim} died (killed by SIGKILL)" in tree.stderr()
+
+
+def test_server_stats_survive_the_arbiter_when_its_standby_takes_over(start: Callable[..., Tree]) -> None:
+    tree = start(STATS_SERVER, "--admission", "--workers", "2")
+    port, _ = tree.ready()
+    address = ("127.0.0.1", int(port))
+    for _ in range(3):
+        ask_pid(address)
+    assert refused_from(address, "127.0.0.2")
+    counts = {"requests": 4, "admitted": 3, "refused_by_rule": 1, "open": 0}
+    before = wait_counts(tree, counts)
+    arbiter = before["arbiter"]
+    os.kill(arbiter, signal.SIGKILL)
+    seen: list[dict[str, Any]] = []
+
+    def taken_over() -> bool:
+        stats = server_stats(tree)
+        seen.append(stats)
+        return stats["arbiter"] != arbiter and len(stats["ready"]) == 2
+
+    wait_for(taken_over, timeout=15, interval=0.02,
+             message=lambda: f"no standby took over with new workers; last stats: {seen[-1:]}")
+    for stats in seen:
+        assert {key: stats[key] for key in counts} == counts, f"the counts changed when {arbiter} died: {stats}"
+    ask_pid(address)
+    wait_counts(tree, {"requests": 5, "admitted": 4, "refused_by_rule": 1})
+    stop_by_eof(tree)
+
+
+@pytest.mark.parametrize("admission", [False, True], ids=["plain", "admission"])
+def test_inline_thread_pool_and_prefork_report_the_same_keys(start: Callable[..., Tree], admission: bool) -> None:
+    shapes = {}
+    for strategy in ("inline", "threadpool", "prefork"):
+        tree = start(STATS_SERVER, "--strategy", strategy, *(["--admission"] if admission else []))
+        tree.ready()
+        stats = server_stats(tree)
+        if strategy == "prefork":
+            assert POOL_KEYS <= set(stats)
+            stats = {key: value for key, value in stats.items() if key not in POOL_KEYS}
+        assert set(stats.values()) == {0}, f"{strategy}: nothing happened yet, every key is zero: {stats}"
+        shapes[strategy] = set(stats)
+        stop_by_eof(tree)
+    assert shapes["inline"] == shapes["threadpool"] == shapes["prefork"], shapes
+    assert set(KNOWN_COUNTERS[:5]) <= shapes["inline"]
+    assert (set(KNOWN_COUNTERS) <= shapes["inline"]) is admission

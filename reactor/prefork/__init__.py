@@ -84,6 +84,11 @@ Rules
    thread) gets SIGABRT, which makes ``faulthandler`` log every thread's
    traceback, then SIGKILL, and is replaced.
 10. The arbiter reaps with ``waitpid`` on its own workers' and standby's pids only.
+11. Visibility without waiting: a worker's heartbeat carries its server's
+    ``HostedServer.stats()`` whenever they changed (and once more as it
+    exits); the arbiter sums them (counters carried over from workers that
+    exited, gauges over the live ones: ``_stats.py``) and pushes the sum to the
+    master, whose ``stats()`` serves the last snapshot and never asks a child.
 """
 
 from __future__ import annotations
@@ -216,7 +221,26 @@ class Prefork(Topology):
         self._command(Command.DECREASE)
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot: target count, live worker pids, ready pids, arbiter pid, workers started so far."""
+        """A snapshot of the pool and of its server's counters (what ``Reactor.server_stats()`` returns).
+
+        The pool's own keys: ``workers`` (the target count), ``pids`` (live
+        workers), ``ready`` (those serving), ``arbiter`` (its pid) and
+        ``spawned`` (workers started so far). Then exactly the keys that
+        ``Inline`` or ``ThreadPool`` hosting of the same server with the same
+        options reports (``HostedServer.stats()``: requests, dropped, ... and,
+        with connection options, admitted, refused_by_rule, ..., open), each
+        summed over the workers: a counter over every worker the pool ever
+        ran (it never goes backwards when a worker is replaced or recycled), a
+        gauge (``open``, ``admitting``) over the live ones. The sums are the
+        workers' last reports, sent with their heartbeats, so they lag by up
+        to about a heartbeat interval (``heartbeat_timeout / 4``, at most 1 s);
+        a worker killed outright loses the counts of its last interval. Every
+        key is present, zero until something happened. A ``Prefork`` that
+        serves no server (not added yet, or removed) has only the pool's keys.
+
+        Never waits for a child: it returns the last sums the arbiter pushed
+        to the master's loop.
+        """
         if self._attachment is None:
             return {"workers": self.workers, "pids": [], "ready": [], "arbiter": None, "spawned": 0}
         return self._attachment.stats()

@@ -67,6 +67,8 @@ class Plan:
     options: HostingOptions
     #: The master's pid, recorded before the arbiter's fork: once re-parented, getppid() says 1.
     master_pid: int
+    #: Keys of the server's stats that are gauges (``accept.STATS_GAUGES``), for the arbiter's sums.
+    stats_gauges: frozenset[str]
 
     @property
     def listener(self) -> int:

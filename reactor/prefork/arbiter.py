@@ -5,6 +5,10 @@ master's commands and reports to it over the control socket, and keeps a
 standby ready to take its place. It holds its listener, its control socket,
 stdio and its own pipes (the workers' heartbeats, their death pipe, its
 standby's pipe), and nothing else of the master's.
+
+It also sums the stats the workers send with their heartbeats
+(``_stats.PoolCounters``) and reports the sum to the master when it changed,
+at most once per quarter heartbeat interval, and once more before it exits.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ..loop import EventLoop
-from ._messages import BOOTED, DONE, READY, Command, Event, LineChannel, event, parse
+from ._messages import BOOTED, DONE, Command, Event, HeartbeatReader, LineChannel, event, parse
 from ._process import (ABORT_GRACE, FAST_CRASH, WORKER_BOOT_FAILED, Plan, SignalMask, close_inherited_fds,
                        describe_exit, fork_with_signals_blocked, forget_inherited_signals, heartbeat_interval,
                        ignore_controlled_signals, next_backoff, orphan_grace, reap)
+from ._stats import PoolCounters, valid_stats
 from .standby import Takeover, fork_standby
 from .worker import worker_main
 
@@ -42,6 +47,7 @@ class _Worker:
     kill_at: float | None = None
     kill_timer: Any = None
     aborted: bool = False
+    reader: HeartbeatReader = field(default_factory=HeartbeatReader)
 
 
 @dataclass
@@ -93,6 +99,10 @@ class _Arbiter:
         # Workers watch the read end; it reaches EOF when this process dies.
         self.death_read, self.death_write = os.pipe()
         self.orphaned = False
+        self.counters = PoolCounters(plan.stats_gauges)
+        self.stats_spacing = heartbeat_interval(plan.settings.heartbeat_timeout) / 4
+        self.stats_timer: Any = None
+        self.stats_sent_at = float("-inf")
 
     def _fork_standby(self) -> tuple[int, int]:
         plan, control = self.plan, self.control
@@ -120,6 +130,8 @@ class _Arbiter:
         else:
             self._spawn_missing()
         reactor.serve_forever()
+        if self.stats_timer is not None:  # the last workers' last reports
+            self._send_stats()
         self.channel.send(event(Event.STOPPED))
         self._dismiss_standby()
 
@@ -212,6 +224,7 @@ class _Arbiter:
         if pid == 0:
             worker_main(self.plan, pipe_write, self.death_read, signal_mask)
         os.close(pipe_write)
+        os.set_blocking(pipe_read, False)  # drained at exit: a grandchild may hold the write end
         now = self.reactor.time()
         worker = _Worker(pid, pipe_read, self.state.generation, now, now)
         self.state.workers[pid] = worker
@@ -229,11 +242,44 @@ class _Arbiter:
             self._close_pipe(worker)  # it exited; SIGCHLD reaps it
             return
         worker.last_seen = self.reactor.time()
-        if READY in data and not worker.ready:
+        ready, stats = worker.reader.feed(data)
+        self._take_stats(worker, stats)
+        if ready and not worker.ready:
             worker.ready = True
             self._note_booted()
             self.channel.send(event(Event.READY, pid=worker.pid))
             self._retire_one_outgoing()
+
+    def _drain_pipe(self, worker: _Worker) -> None:
+        """Read what an exited worker left in its pipe (its last stats report)."""
+        while worker.pipe >= 0:
+            try:
+                data = os.read(worker.pipe, 4096)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            self._take_stats(worker, worker.reader.feed(data)[1])
+
+    # -- stats -------------------------------------------------------------
+
+    def _take_stats(self, worker: _Worker, report: dict[str, Any] | None) -> None:
+        stats = valid_stats(report)
+        if stats is not None and self.counters.report(worker.pid, stats):
+            self._stats_changed()
+
+    def _stats_changed(self) -> None:
+        """Report the sum to the master soon: at once, unless a report went less than a spacing ago."""
+        if self.stats_timer is None:
+            delay = max(self.stats_sent_at + self.stats_spacing - self.reactor.time(), 0.0)
+            self.stats_timer = self.reactor.call_later(delay, self._send_stats)
+
+    def _send_stats(self) -> None:
+        if self.stats_timer is not None:
+            self.stats_timer.cancel()
+            self.stats_timer = None
+        self.stats_sent_at = self.reactor.time()
+        self.channel.send(event(Event.STATS, counters=self.counters.total()))
 
     def _note_booted(self) -> None:
         """Once the first workers are all ready, tell the standby: a death from now on is not a boot failure."""
@@ -329,7 +375,10 @@ class _Arbiter:
     def _on_exit(self, worker: _Worker, code: int) -> None:
         state = self.state
         del state.workers[worker.pid]
+        self._drain_pipe(worker)
         self._close_pipe(worker)
+        if self.counters.exited(worker.pid):
+            self._stats_changed()  # its gauges are gone
         if worker.kill_timer is not None:
             worker.kill_timer.cancel()
         self.channel.send(event(Event.EXITED, pid=worker.pid, code=code))

@@ -3,6 +3,10 @@
 It forks the arbiter when the server is added, relays commands to it, tracks
 the worker pids it reports, adopts a standby that took over from a dead
 arbiter, and stops the pool when the server is removed.
+
+Its ``stats()`` never asks a child anything: it serves the last sum of the
+workers' stats the arbiter pushed (``_stats.py``), over a zero of every key,
+so it returns at once from the loop's thread whatever the children do.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..accept import HostingOptions, describe_server, make_nonblocking
+from ..accept import STATS_GAUGES, HostedServer, HostingOptions, Inline, describe_server, make_nonblocking
 from ..hosting import Reactor, Topology
 from ._messages import Command, Event, LineChannel, command, parse
 from ._process import ABORT_GRACE, Plan, PoolSettings, describe_exit, fork_with_signals_blocked, reap
+from ._stats import PoolCounters, valid_stats
 from .arbiter import arbiter_main
 
 __all__ = ["PreforkError", "WorkerBootError"]
@@ -73,6 +78,11 @@ class MasterSide:
         self._channel: LineChannel | None = None
         self._restore_mode: Callable[[], None] | None = None
         self._signals: list[int] = []
+        # The shape Inline hosting of this server with these options reports, every key zero:
+        # what stats() shows for each key until the workers report it.
+        self._zero_stats = HostedServer(reactor, server, Inline(), options).stats()
+        #: The sums the arbiters pushed, by arbiter pid: a dead arbiter's counters carry over.
+        self._counters = PoolCounters(STATS_GAUGES)
 
     @property
     def server(self) -> Any:
@@ -90,7 +100,7 @@ class MasterSide:
                 "add Prefork servers before starting threads (a ThreadPool starts its threads "
                 "with its first request, a Reactor's thread when it is started)")
         plan = Plan(server=self._server, name=self.name, settings=self.settings, options=self.options,
-                    master_pid=os.getpid())
+                    master_pid=os.getpid(), stats_gauges=STATS_GAUGES)
         # The master never watches the listener, but nothing else on its loop may either.
         self.reactor.claim(self._server.fileno(), self)
         self._claimed = True
@@ -198,6 +208,10 @@ class MasterSide:
             self.reactor.fail(error)
         elif kind is Event.ARBITER:
             self._adopt_arbiter(pid, message.get("reason", "?"))
+        elif kind is Event.STATS:
+            counters = valid_stats(message.get("counters"))
+            if counters is not None and self.arbiter_pid is not None:
+                self._counters.report(self.arbiter_pid, counters)
 
     def _adopt_arbiter(self, pid: int, reason: str) -> None:
         """A standby took over from the dead arbiter: reap the dead one, forget its workers, resync the target."""
@@ -211,6 +225,8 @@ class MasterSide:
                 pass  # a replacement arbiter is not our child (unless we are a subreaper)
         logger.error("%s: arbiter %s died (%s); arbiter %d took over (%s); its workers stop by themselves",
                      self.name, dead, describe_exit(code), pid, reason)
+        if dead is not None:
+            self._counters.exited(dead)  # its counters carry over; its workers' gauges are gone
         self.arbiter_pid = pid
         self._orphans |= self.workers
         self.workers.clear()
@@ -246,6 +262,8 @@ class MasterSide:
                      "its workers stop by themselves", self.name, arbiter_pid, shown)
         self.workers.clear()
         self.ready.clear()
+        if arbiter_pid is not None:
+            self._counters.exited(arbiter_pid)
         self.reactor.fail(PreforkError(f"{self.name}: arbiter exited unexpectedly ({shown})"))
 
     def _reap_arbiter(self, block: bool) -> int | None:
@@ -271,9 +289,12 @@ class MasterSide:
 
     def stats(self) -> dict[str, Any]:
         """The pool's snapshot (``Prefork.stats()``): target count, live and ready worker pids,
-        arbiter pid, workers started so far."""
-        return {"workers": self.target, "pids": sorted(self.workers), "ready": sorted(self.ready),
-                "arbiter": self.arbiter_pid, "spawned": self.spawned}
+        arbiter pid, workers started so far; then every key of ``HostedServer.stats()`` for
+        this server and options, summed over the workers as the arbiter last reported them."""
+        pool: dict[str, Any] = {"workers": self.target, "pids": sorted(self.workers),
+                                "ready": sorted(self.ready), "arbiter": self.arbiter_pid, "spawned": self.spawned}
+        counts = {**self._zero_stats, **self._counters.total()}
+        return {**pool, **{key: count for key, count in counts.items() if key not in pool}}
 
     def begin_drain(self, on_drained: Callable[[], None]) -> float:
         """Ask the arbiter to stop the workers gracefully; ``on_drained()`` runs once it has exited.

@@ -4,6 +4,11 @@ A worker is forked by its arbiter and holds only its listener, its heartbeat
 pipe (write end), the arbiter's death pipe (read end), stdio and the
 descriptors kept on purpose. It stops on SIGTERM, after ``max_requests``, or
 when the death pipe reaches EOF (its arbiter is gone).
+
+Its heartbeat carries its server's stats: each beat is a stats record when
+``HostedServer.stats()`` changed since the last record sent, a heartbeat byte
+otherwise; a last record follows once it stopped serving, so a worker that
+exits cleanly loses no count (``_messages.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..accept import Dispatch, HostedServer, PauseReason
+from ..keepalive import KeptConnection
 from ..dispatch import ThreadPool
 from ..hosting import Reactor
-from ._messages import HEARTBEAT, READY
+from ._messages import HEARTBEAT, READY, stats_record
 from ._process import (WORKER_BOOT_FAILED, Plan, SignalMask, close_inherited_fds, forget_inherited_signals,
                        heartbeat_interval, ignore_controlled_signals)
 
@@ -27,6 +33,41 @@ __all__ = ["worker_main"]
 
 logger = logging.getLogger(__name__)
 
+
+class _Heartbeat:
+    """The worker's end of its heartbeat pipe: beats, and its server's stats when they changed."""
+
+    def __init__(self, fd: int, stats: Callable[[], dict[str, int]], on_gone: Callable[[], None]) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.stats = stats
+        self.on_gone = on_gone
+        self._reported: dict[str, int] | None = None
+
+    def send(self, data: bytes) -> bool:
+        """Write ``data`` whole; False if it was not (``on_gone()`` ran if the arbiter is gone)."""
+        try:
+            # A write below PIPE_BUF bytes is atomic: all, or BlockingIOError.
+            return os.write(self.fd, data) == len(data)
+        except BlockingIOError:
+            return False  # the arbiter has unread beats already
+        except BrokenPipeError:
+            self.on_gone()
+            return False
+
+    def beat(self) -> None:
+        """One beat: the stats if they changed since the last report, else a heartbeat byte."""
+        stats = self.stats()
+        if stats == self._reported:
+            self.send(HEARTBEAT)
+        elif self.send(stats_record(stats)):
+            self._reported = stats
+
+    def last_report(self) -> None:
+        """The stats once more as the worker exits, if they changed since the last report."""
+        stats = self.stats()
+        if stats != self._reported:
+            self.send(stats_record(stats))
 
 
 class _RequestLimit(Dispatch):
@@ -54,11 +95,18 @@ class _RequestLimit(Dispatch):
         return self.inner.owns_current_thread()
 
     def submit(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
+        self._counted(hosted)
+        self.inner.submit(hosted, request, client_address)
+
+    def resume(self, hosted: HostedServer, conn: KeptConnection) -> None:
+        self._counted(hosted)  # a keep-alive connection's next request counts as one
+        self.inner.resume(hosted, conn)
+
+    def _counted(self, hosted: HostedServer) -> None:
         self.count += 1
         if self.count >= self.limit:
             hosted.pause(PauseReason.RECYCLING)
             self.reactor.stop()
-        self.inner.submit(hosted, request, client_address)
 
 
 def worker_main(plan: Plan, heartbeat: int, death_pipe: int, signal_mask: SignalMask) -> NoReturn:
@@ -80,20 +128,12 @@ def worker_main(plan: Plan, heartbeat: int, death_pipe: int, signal_mask: Signal
         # Only a worker that recycles pays for counting its requests.
         dispatch = _RequestLimit(inner, limit, reactor) if limit else inner
         reactor.add_server(plan.server, dispatch, **plan.options.keywords())
-        os.set_blocking(heartbeat, False)
+        pipe = _Heartbeat(heartbeat, reactor.attachment_of(plan.server).stats, on_gone=reactor.stop)
         interval = heartbeat_interval(plan.settings.heartbeat_timeout)
-
-        def beat(marker: bytes = HEARTBEAT) -> None:
-            try:
-                os.write(heartbeat, marker)
-            except BlockingIOError:
-                pass  # the arbiter has unread beats already
-            except BrokenPipeError:
-                reactor.stop()  # the arbiter is gone
 
         def beat_periodically() -> None:
             reactor.call_later(interval, beat_periodically)
-            beat()
+            pipe.beat()
 
         def on_arbiter_death() -> None:
             reactor.remove_reader(death_pipe)
@@ -104,10 +144,11 @@ def worker_main(plan: Plan, heartbeat: int, death_pipe: int, signal_mask: Signal
         reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
         signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # a SIGTERM held since the fork lands now
         reactor.call_later(interval, beat_periodically)
-        beat(READY)
+        pipe.send(READY)
         code = 1  # from here on, an unexpected exit is a crash, not a boot failure
         reactor.serve_forever()
         reactor.remove_server(plan.server)  # drains a ThreadPool within graceful_timeout
+        pipe.last_report()
         code = 0
     except BaseException as exc:
         if code == WORKER_BOOT_FAILED:
