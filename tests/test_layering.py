@@ -35,7 +35,7 @@ MODULES = sorted([path.stem for path in PACKAGE_DIR.glob("*.py")] + SUBPACKAGES 
     if path.stem != "__init__"])
 
 #: The pure bottom layer: imports nothing from reactor at all.
-LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "access", "proxy_protocol")
+LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "access", "proxy_protocol", "systemd")
 
 #: Layers, bottom first: a module may import only from layers below its own (a
 #: subpackage's modules share its layer, and may import each other).
@@ -50,6 +50,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     ("prefork",),
     ("socketserver",),
     ("__init__",),
+    # The command stands on everything and nothing imports it; ``python -m reactor`` runs it.
+    ("cli",),
+    ("__main__",),
 ))
 
 #: Modules that may not be imported by a given module, directly or through others
