@@ -302,6 +302,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     conn.add_argument("--io-timeout", metavar="SECONDS", type=_positive(float, allow_zero=True),
                       help="timeout of the handler's socket: no client holds a worker longer than that per read "
                            "(default: 30 for --dispatch inline, none otherwise; 0: none)")
+    conn.add_argument("--keepalive-timeout", metavar="SECONDS", type=_positive(float, allow_zero=True),
+                      help="seconds a keep-alive connection may wait parked between two requests, holding no "
+                           "thread (handlers with a request boundary, e.g. HTTP/1.1 http.server ones; default 5; "
+                           "0: off)")
     conn.add_argument("--wait-for-data", metavar="SECONDS", type=_positive(float),
                       help="hand a connection to the handler only once the client sent something, within "
                            "this time")
@@ -464,7 +468,8 @@ def _server_config(namespace: argparse.Namespace, index: int) -> ServerConfig:
         ("allow", tuple(namespace.allow)), ("deny", tuple(namespace.deny)),
         ("max_connections", namespace.max_connections),
         ("max_connections_per_ip", namespace.max_connections_per_ip),
-        ("io_timeout", namespace.io_timeout), ("wait_for_data", namespace.wait_for_data))
+        ("io_timeout", namespace.io_timeout), ("wait_for_data", namespace.wait_for_data),
+        ("keepalive_timeout", namespace.keepalive_timeout))
         if value is not None and value != ()}
     try:  # check networks and rules now, not after binding
         AdmissionOptions(**connection)

@@ -22,6 +22,17 @@ class EchoHandler(socketserver.StreamRequestHandler):
             self.wfile.write(line)
 
 
+class LineLoop(rsocketserver.RequestLoop, socketserver.StreamRequestHandler):
+    """Echoes lines one request at a time, so its connections park between lines."""
+
+    def handle_one_request(self) -> None:
+        line = self.rfile.readline()
+        if not line:
+            self.close_connection = True
+            return
+        self.wfile.write(line)
+
+
 class DatagramEchoHandler(socketserver.DatagramRequestHandler):
     """Echoes every datagram."""
 

@@ -617,6 +617,20 @@ def test_io_timeout_ends_a_silent_client() -> None:
         assert running.stop() == 0
 
 
+def test_keepalive_timeout_parks_connections_and_closes_idle_ones() -> None:
+    with Running(["cli_apps:LineLoop", "--bind", "tcp://127.0.0.1:0", "--dispatch", "threads:1",
+                  "--keepalive-timeout", "0.3"]) as running:
+        (listening,) = running.ready()
+        address = tcp_address(listening)
+        with socket.create_connection(address, timeout=EVENT_TIMEOUT) as first, \
+                socket.create_connection(address, timeout=EVENT_TIMEOUT) as second:
+            for client in (first, second, first, second):  # one thread, two open connections
+                client.sendall(b"hi\n")
+                assert client.recv(10) == b"hi\n"
+            assert first.recv(1) == b""  # idle past --keepalive-timeout: closed by the server
+        assert running.stop() == 0
+
+
 def test_reuse_port_lets_two_processes_share_a_port() -> None:
     with Running(["cli_apps:EchoHandler", "--bind", "tcp://127.0.0.1:0", "--reuse-port"]) as first:
         (listening,) = first.ready()
