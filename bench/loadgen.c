@@ -111,7 +111,7 @@ struct slot {
     int status;
     uint64_t body_left;
     size_t head_len;
-    char *head;       /* HEAD_MAX bytes */
+    char *head;       /* HEAD_MAX bytes, or NULL until a response arrives */
 };
 
 struct error_kind {
@@ -885,6 +885,8 @@ static void ack_now(struct run *r, struct slot *s)
 static void read_http_reply(struct run *r, struct slot *s)
 {
     bool partial = false;
+    if (!s->head)
+        s->head = xmalloc(HEAD_MAX);
     for (;;) {
         ssize_t n;
         if (!s->in_body) {
@@ -1326,11 +1328,8 @@ static void init_run(struct run *r, const struct config *c)
     long probe_slots = r->probe_interval_ns ? (long)((r->timeout_ns + SCAN_NS) / r->probe_interval_ns) + 2 : 0;
     r->nslots = c->concurrency + probe_slots;
     r->slots = xmalloc((size_t)r->nslots * sizeof *r->slots);
-    for (long i = 0; i < r->nslots; i++) {
+    for (long i = 0; i < r->nslots; i++) /* http: `head` is allocated on first use */
         r->slots[i] = (struct slot){.fd = -1, .state = SLOT_DEAD, .probe = i >= c->concurrency};
-        if (http)
-            r->slots[i].head = xmalloc(HEAD_MAX);
-    }
     if (http) {
         r->request = make_http_request(c->path, &r->request_len);
         r->scratch = xmalloc(BODY_CHUNK);
