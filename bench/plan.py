@@ -78,16 +78,16 @@ FULL = [
     Workload("shutdown-idle", "shutdown", "none", "tcp", 1),
     Workload("shutdown-load", "shutdown", "crr", "tcp", 50),
     Workload("memory", "memory", "idle", "tcp", 1000),
-    # ab -k -c 200 -n 8000: 40 requests per connection on average; about 2.5 s for the stdlib's
-    # ThreadingHTTPServer on one CPU with the C generator, 5 s with the Python one.
-    Workload("keepalive", "http", "http", "tcp", 200, handler="http", requests=8000, limit_s=10.0),
+    # ab -k -c 200 -n 12000: 60 requests per connection on average; about 3.5 s for the stdlib's
+    # ThreadingHTTPServer on one CPU, 2 s for ThreadPool(8) with parking.
+    Workload("keepalive", "http", "http", "tcp", 200, handler="http", requests=12000, limit_s=10.0),
 ]
 
 QUICK = [
     CRR_TCP,
     Workload("shutdown-idle", "shutdown", "none", "tcp", 1),
-    # Half a second for ThreadingHTTPServer; a stalled server costs the limit and the last probes' timeout.
-    Workload("keepalive", "http", "http", "tcp", 50, handler="http", requests=2500, limit_s=2.5),
+    # Under a second for ThreadingHTTPServer; a stalled server costs the limit and the last probes' timeout.
+    Workload("keepalive", "http", "http", "tcp", 50, handler="http", requests=5000, limit_s=2.5),
 ]
 QUICK_CONTENDERS = ["stdlib-inline", "stdlib-threading", "asyncio", "reactor-inline", "reactor-threadpool"]
 

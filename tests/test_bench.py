@@ -208,9 +208,9 @@ def test_quick_plan_runs_with_the_c_tools_and_reports_every_cell(tmp_path: Path,
     assert cells["shutdown-idle-tcp-c1", "reactor-inline"]["summary"]["stop_ms"] >= 0
     # Keep-alive HTTP: the stdlib's ThreadingHTTPServer alone, ThreadPool(8) paired with it; a stall
     # (before parking) is reported in the figures, not as a failed cell.
-    assert cells["keepalive-tcp-c50", "stdlib-threading"]["summary"]["expected"] == 2500
+    assert cells["keepalive-tcp-c50", "stdlib-threading"]["summary"]["expected"] == 5000
     threadpool = cells["keepalive-tcp-c50", "reactor-threadpool"]
-    assert threadpool["label"] == "reactor ThreadPool(8)" and threadpool["summary"]["expected"] == 2500
+    assert threadpool["label"] == "reactor ThreadPool(8)" and threadpool["summary"]["expected"] == 5000
     assert cells["keepalive-tcp-c50", "asyncio"]["status"] == "n/a"
     markdown = (tmp_path / "smoke.md").read_text()
     assert "## Headline" in markdown and "Inline / TCPServer" in markdown
@@ -229,7 +229,7 @@ def test_every_workload_of_the_full_plan_runs_on_one_contender_with_the_python_f
     memory = by_workload["memory-tcp-c1000"]["summary"]
     assert memory["served"] == memory["of"] == 1000
     assert by_workload["dgram-udp-c50"]["summary"]["ops"] > 0
-    assert by_workload["keepalive-tcp-c200"]["summary"]["expected"] == 8000
+    assert by_workload["keepalive-tcp-c200"]["summary"]["expected"] == 12000
     assert "pure Python fallback" in (tmp_path / "smoke.md").read_text()
 
 

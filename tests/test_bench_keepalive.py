@@ -366,7 +366,7 @@ def test_every_http_contender_serves_the_file_on_a_kept_connection_and_stops_cle
 
 def test_the_keep_alive_workload_runs_every_http_contender_and_no_other() -> None:
     keepalive = next(w for w in plan.FULL if w.kind == "http")
-    assert (keepalive.key, keepalive.requests) == ("keepalive-tcp-c200", 8000)
+    assert (keepalive.key, keepalive.requests) == ("keepalive-tcp-c200", 12000)
     for name, contender in CONTENDERS.items():
         reason = plan.why_not(contender, keepalive, 1)
         if contender.available():
