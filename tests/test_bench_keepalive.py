@@ -290,6 +290,37 @@ def test_a_bad_response_is_an_error_of_its_kind_for_load_and_probes(
     assert counts.answered == 40 + result["probes"]
 
 
+HEADS = {
+    "HTTP/1.0 with keep-alive": (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", None, False),
+    "HTTP/1.0 without": (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", None, True),
+    "Connection: close among tokens": (b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive, CLOSE\r\n"
+                                       b"content-length:2\r\n\r\nok", None, True),
+    "blanks around the length, twice": (b"HTTP/1.1 200 OK\r\nContent-Length:  2 \r\nContent-Length: 2\r\n\r\nok",
+                                        None, False),
+    "no reason phrase": (b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok", None, False),
+    "204 without a length": (b"HTTP/1.1 204 No Content\r\n\r\n", "HTTP_204", False),
+    "two lengths": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", "BADRESPONSE",
+                    False),
+    "a length that is not a number": (b"HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok", "BADRESPONSE", False),
+    "a header without a colon": (b"HTTP/1.1 200 OK\r\nContent-Length 2\r\n\r\nok", "BADRESPONSE", False),
+    "HTTP/2": (b"HTTP/2 200 OK\r\nContent-Length: 2\r\n\r\nok", "BADRESPONSE", False),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("answer", "kind", "closes"), list(HEADS.values()), ids=list(HEADS))
+def test_both_generators_read_response_heads_alike(loadgen: Loadgen, answer: bytes, kind: str | None,
+                                                  closes: bool) -> None:
+    with scripted_server(lambda n: (answer, False)) as (address, counts):
+        result = loadgen(*run_args(address, concurrency=2, requests=20))
+    if kind is None:
+        assert result["completed"] == 20 and result["errors"] == 0
+        assert result["closed_by_server"] == (20 if closes else 0)
+    else:
+        assert result["completed"] == 0 and result["error_kinds"] == {kind: 20}
+    assert counts.answered == 20
+
+
 @pytest.mark.timeout(60)
 def test_a_server_that_never_answers_ends_in_timeouts_within_the_time_limit(loadgen: Loadgen) -> None:
     with scripted_server(lambda n: (b"", False)) as (address, counts):
