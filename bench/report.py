@@ -334,7 +334,9 @@ def _http_section(group: list[dict[str, Any]]) -> list[str]:
              "per connection) started beside it; `x stdlib` is the median of the per-pair ratios. A run "
              "stops once its requests are all answered, or at its time limit. Meanwhile a probe opens a "
              f"fresh connection every {PROBE_INTERVAL_S * 1000:.0f} ms for one request, timed from connect() "
-             "to the last byte; it fails after the load generator's timeout (2 s). Completed, errors and "
+             "to the last byte; it fails after the load generator's timeout (2 s). req/s counts the requests "
+             "completed in the measured window: on a server that stalls, they come from the few connections "
+             "it still serves, so read them with the completed column. Completed, errors and "
              "probes are summed over the runs, probe max is the "
              "worst." + ("" if target is None else
                          f" Target: every request completed, no probe failed, probe max < {target:.0f} ms."),
