@@ -12,6 +12,12 @@
  * pause after a failure are handled by a periodic scan of all slots rather
  * than a timer per slot: a scan every few milliseconds costs little next to
  * tens of thousands of operations per second.
+ *
+ * http mode reuses the rr machinery with an HTTP/1.1 request and a response
+ * parser (status line, Content-Length; no chunked or close-delimited bodies),
+ * stops once --requests have been answered, and can run "probe" slots beside
+ * the load: a fresh connection every --probe-interval, one request each,
+ * timed from connect() to the last byte of the reply.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -52,12 +58,15 @@
 #define MAX_ERROR_KINDS 64
 #define STDIN_TOKEN UINT64_MAX /* epoll token of fd 0; slots use their index */
 #define GREETING "Hello, world"
+/* http: the longest response head accepted, and the body read buffer. */
+#define HEAD_MAX 8192
+#define BODY_CHUNK 65536
 #define COUNT(array) ((int)(sizeof(array) / sizeof((array)[0])))
 
-enum mode { MODE_CRR, MODE_RR, MODE_DGRAM, MODE_IDLE };
+enum mode { MODE_CRR, MODE_RR, MODE_DGRAM, MODE_IDLE, MODE_HTTP };
 enum transport { TR_TCP, TR_UNIX, TR_UDP, TR_UNIXDGRAM };
 
-static const char *const mode_names[] = {"crr", "rr", "dgram", "idle"};
+static const char *const mode_names[] = {"crr", "rr", "dgram", "idle", "http"};
 static const char *const transport_names[] = {"tcp", "unix", "udp", "unixdgram"};
 
 struct config {
@@ -68,6 +77,9 @@ struct config {
     double duration, warmup, timeout, hold;
     long message_size;
     long source_spread;
+    const char *path;      /* http: the request target */
+    long requests;         /* http: requests to send in all, 0 for no bound */
+    double probe_interval; /* http: seconds between probes, 0 for none */
 };
 
 struct target {
@@ -91,6 +103,15 @@ struct slot {
     size_t got;  /* bytes of the reply read and checked */
     int64_t started;  /* latency origin of the current exchange */
     int64_t deadline; /* timeout of the exchange, or end of the backoff */
+    /* http only */
+    bool probe;       /* a probe slot (one request on a fresh connection), not a load slot */
+    bool outstanding; /* a request of the --requests budget is in flight */
+    bool in_body;     /* the head is parsed; `body_left` bytes of the body are to come */
+    bool closes;      /* the server closes the connection after this response */
+    int status;
+    uint64_t body_left;
+    size_t head_len;
+    char *head;       /* HEAD_MAX bytes, or NULL until a response arrives */
 };
 
 struct error_kind {
@@ -125,6 +146,16 @@ struct run {
     struct samples latency;
     struct error_kind kinds[MAX_ERROR_KINDS];
     size_t nkinds;
+    size_t request_len;
+    /* http: whole-run request accounting (frozen once the run has `stopped`) */
+    long nslots;           /* concurrency load slots, then the probe slots */
+    bool stopped;          /* the load is over; only probes in flight are still awaited */
+    uint64_t issued, completed, failed, outstanding, unanswered, closed_by_server;
+    uint64_t probes, probe_failures;
+    int64_t probe_interval_ns, next_probe;
+    struct samples probe_latency;
+    struct error_kind probe_kinds[MAX_ERROR_KINDS];
+    size_t nprobe_kinds;
 };
 
 /* ---- small utilities ---------------------------------------------------- */
@@ -175,9 +206,10 @@ static const char *errno_name(int err, char buf[16])
 /* ---- arguments ---------------------------------------------------------- */
 
 static const char usage[] =
-    "usage: loadgen --mode crr|rr|dgram|idle --transport tcp|unix|udp|unixdgram --address ADDR\n"
+    "usage: loadgen --mode crr|rr|dgram|idle|http --transport tcp|unix|udp|unixdgram --address ADDR\n"
     "               [--concurrency N] [--duration S] [--warmup S] [--message-size B]\n"
-    "               [--source-spread K] [--timeout S] [--hold S]\n";
+    "               [--source-spread K] [--timeout S] [--hold S]\n"
+    "               [--path /P] [--requests N] [--probe-interval S]\n";
 
 static void __attribute__((noreturn, format(printf, 1, 2))) bad_usage(const char *fmt, ...)
 {
@@ -225,7 +257,8 @@ static double parse_seconds(const char *option, const char *text, bool zero_ok)
 static void parse_args(int argc, char **argv, struct config *c)
 {
     enum { O_MODE, O_TRANSPORT, O_ADDRESS, O_CONCURRENCY, O_DURATION, O_WARMUP,
-           O_MESSAGE_SIZE, O_SOURCE_SPREAD, O_TIMEOUT, O_HOLD, O_HELP };
+           O_MESSAGE_SIZE, O_SOURCE_SPREAD, O_TIMEOUT, O_HOLD, O_TARGET_PATH, O_REQUESTS, O_PROBE_INTERVAL,
+           O_HELP };
     static const struct option options[] = {
         {"mode", required_argument, NULL, O_MODE},
         {"transport", required_argument, NULL, O_TRANSPORT},
@@ -237,11 +270,14 @@ static void parse_args(int argc, char **argv, struct config *c)
         {"source-spread", required_argument, NULL, O_SOURCE_SPREAD},
         {"timeout", required_argument, NULL, O_TIMEOUT},
         {"hold", required_argument, NULL, O_HOLD},
+        {"path", required_argument, NULL, O_TARGET_PATH},
+        {"requests", required_argument, NULL, O_REQUESTS},
+        {"probe-interval", required_argument, NULL, O_PROBE_INTERVAL},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
     *c = (struct config){.concurrency = 1, .duration = 2.0, .warmup = 0.5, .timeout = 2.0,
-                         .hold = 30.0, .message_size = 12};
+                         .hold = 30.0, .message_size = 12, .path = "/"};
     int mode = -1, transport = -1, opt;
     opterr = 0; /* bad_usage() reports, so that every complaint looks the same */
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -259,6 +295,9 @@ static void parse_args(int argc, char **argv, struct config *c)
         case O_SOURCE_SPREAD: c->source_spread = parse_long(name, optarg, 0, 255); break;
         case O_TIMEOUT: c->timeout = parse_seconds(name, optarg, false); break;
         case O_HOLD: c->hold = parse_seconds(name, optarg, true); break;
+        case O_TARGET_PATH: c->path = optarg; break;
+        case O_REQUESTS: c->requests = parse_long(name, optarg, 0, 1000000000L); break;
+        case O_PROBE_INTERVAL: c->probe_interval = parse_seconds(name, optarg, true); break;
         case O_HELP: fputs(usage, stdout); exit(0);
         default: bad_usage("bad or incomplete option '%s'", argv[optind - 1]);
         }
@@ -272,6 +311,12 @@ static void parse_args(int argc, char **argv, struct config *c)
     bool datagram = c->transport == TR_UDP || c->transport == TR_UNIXDGRAM;
     if (datagram != (c->mode == MODE_DGRAM))
         bad_usage("mode %s does not run over %s", mode_names[c->mode], transport_names[c->transport]);
+    /* The target goes into the request line as is: one token starting with '/'. */
+    if (c->path[0] != '/' || strlen(c->path) > 1024 || strpbrk(c->path, " \t\r\n"))
+        bad_usage("--path: expected '/' then up to 1023 characters without blanks, got '%s'", c->path);
+    /* A probe every millisecond or more often would be a load of its own. */
+    if (c->probe_interval != 0 && c->probe_interval < 0.001)
+        bad_usage("--probe-interval: expected 0 or at least 0.001 seconds, got '%g'", c->probe_interval);
 }
 
 /* HOST:PORT with an IPv4 literal, or [IPv6]:PORT. */
@@ -344,22 +389,27 @@ static void parse_target(const struct config *c, struct target *t)
 
 /* ---- accounting --------------------------------------------------------- */
 
+static void add_kind(struct error_kind *kinds, size_t *nkinds, const char *kind)
+{
+    for (size_t i = 0; i < *nkinds; i++) {
+        if (strcmp(kinds[i].name, kind) == 0) {
+            kinds[i].count++;
+            return;
+        }
+    }
+    if (*nkinds == MAX_ERROR_KINDS)
+        return; /* a kind beyond the table is still counted in the total */
+    struct error_kind *k = &kinds[(*nkinds)++];
+    snprintf(k->name, sizeof k->name, "%s", kind);
+    k->count = 1;
+}
+
 static void count_error(struct run *r, const char *kind)
 {
     if (!r->measuring)
         return;
     r->errors++;
-    for (size_t i = 0; i < r->nkinds; i++) {
-        if (strcmp(r->kinds[i].name, kind) == 0) {
-            r->kinds[i].count++;
-            return;
-        }
-    }
-    if (r->nkinds == MAX_ERROR_KINDS)
-        return; /* a kind beyond the table is still counted in `errors` */
-    struct error_kind *k = &r->kinds[r->nkinds++];
-    snprintf(k->name, sizeof k->name, "%s", kind);
-    k->count = 1;
+    add_kind(r->kinds, &r->nkinds, kind);
 }
 
 static void add_sample(struct samples *s, int64_t ns)
@@ -386,6 +436,33 @@ static size_t message_size(const struct run *r)
     return (size_t)r->cfg->message_size;
 }
 
+/* http: may a load slot send one more request of the --requests budget? */
+static bool budget_left(const struct run *r)
+{
+    return !r->stopped && (r->cfg->requests == 0 || r->issued < (uint64_t)r->cfg->requests);
+}
+
+/* http: the request in flight on a load slot has its answer (or failed for good). */
+static void settle_request(struct run *r, struct slot *s, bool completed)
+{
+    if (!s->outstanding)
+        return;
+    s->outstanding = false;
+    r->outstanding--;
+    if (r->stopped)
+        return; /* the run is over: what comes in now is not counted */
+    if (completed)
+        r->completed++;
+    else
+        r->failed++;
+}
+
+static void count_probe_failure(struct run *r, const char *kind)
+{
+    r->probe_failures++;
+    add_kind(r->probe_kinds, &r->nprobe_kinds, kind);
+}
+
 /* Slots that got at least one reply: rr's and idle's connections served. */
 static long slots_served(const struct run *r)
 {
@@ -401,6 +478,8 @@ static void begin_exchange(struct run *r, struct slot *s, int64_t t)
     s->sent = s->got = 0;
     s->started = t;
     s->deadline = t + r->timeout_ns;
+    s->in_body = s->closes = false;
+    s->head_len = 0;
 }
 
 static void close_slot(struct slot *s)
@@ -410,11 +489,27 @@ static void close_slot(struct slot *s)
     s->fd = -1;
 }
 
-/* A failed exchange: counted, closed, and (but in idle mode) retried after a pause. */
+/* A failed exchange: counted, closed, and (but in idle mode) retried after a pause.
+ * http: a probe is over; a load slot retries only while the budget lasts. */
 static void fail_slot(struct run *r, struct slot *s, const char *kind)
 {
-    count_error(r, kind);
     close_slot(s);
+    if (s->probe) {
+        count_probe_failure(r, kind);
+        s->state = SLOT_DEAD;
+        return;
+    }
+    count_error(r, kind);
+    if (r->cfg->mode == MODE_HTTP) {
+        settle_request(r, s, false);
+        if (!r->stopped && (strcmp(kind, "EOF") == 0 || strcmp(kind, "ECONNRESET") == 0 ||
+                            strcmp(kind, "EPIPE") == 0))
+            r->closed_by_server++;
+        if (!budget_left(r)) {
+            s->state = SLOT_DEAD;
+            return;
+        }
+    }
     if (r->cfg->mode == MODE_IDLE) {
         r->pending--;
         s->state = SLOT_DEAD;
@@ -504,7 +599,7 @@ static int open_socket(struct run *r, struct slot *s)
 
 static void send_request(struct run *r, struct slot *s)
 {
-    size_t size = message_size(r);
+    size_t size = r->request_len;
     while (s->sent < size) {
         ssize_t n = send(s->fd, r->request + s->sent, size - s->sent, MSG_NOSIGNAL);
         if (n >= 0) {
@@ -519,6 +614,62 @@ static void send_request(struct run *r, struct slot *s)
 }
 
 static void start_slot(struct run *r, struct slot *s);
+
+/* http: a connected load slot sends the next request of the budget, or
+ * keeps its connection open, idle, when the budget is spent. */
+static void next_http_request(struct run *r, struct slot *s, int64_t t)
+{
+    if (!budget_left(r)) {
+        s->state = SLOT_HOLDING;
+        return;
+    }
+    r->issued++;
+    r->outstanding++;
+    s->outstanding = true;
+    begin_exchange(r, s, t);
+    send_request(r, s);
+}
+
+/* http: a whole response has been read (see read_http_reply). */
+static void complete_http(struct run *r, struct slot *s)
+{
+    int64_t t = now_ns();
+    char kind[16];
+    snprintf(kind, sizeof kind, "HTTP_%d", s->status);
+    if (s->probe) {
+        close_slot(s);
+        s->state = SLOT_DEAD;
+        if (s->status == 200)
+            add_sample(&r->probe_latency, t - s->started);
+        else
+            count_probe_failure(r, kind);
+        return;
+    }
+    if (s->status == 200) {
+        if (r->measuring) {
+            r->ops++;
+            add_sample(&r->latency, t - s->started);
+        }
+        r->exchanges++;
+        s->served = true;
+    } else {
+        count_error(r, kind);
+    }
+    settle_request(r, s, s->status == 200);
+    if (s->closes) {
+        /* The server said it closes (Connection: close, or HTTP/1.0 without
+         * keep-alive): a new connection carries on. */
+        if (!r->stopped)
+            r->closed_by_server++;
+        close_slot(s);
+        if (budget_left(r))
+            start_slot(r, s);
+        else
+            s->state = SLOT_DEAD;
+        return;
+    }
+    next_http_request(r, s, t);
+}
 
 static void complete_exchange(struct run *r, struct slot *s)
 {
@@ -543,6 +694,8 @@ static void complete_exchange(struct run *r, struct slot *s)
         begin_exchange(r, s, t);
         send_request(r, s);
         break;
+    case MODE_HTTP:
+        break; /* complete_http() */
     }
 }
 
@@ -573,8 +726,13 @@ static void on_connected(struct run *r, struct slot *s)
         fail_slot_errno(r, s, ECONNREFUSED);
         return;
     }
-    /* rr and dgram time each exchange from its send; crr and idle time the
-     * connect() too (idle's "served within --timeout" counts from it). */
+    /* rr, dgram and http time each exchange from its send; crr, idle and
+     * http's probes time the connect() too (idle's "served within --timeout"
+     * counts from it). */
+    if (r->cfg->mode == MODE_HTTP && !s->probe) {
+        next_http_request(r, s, now_ns());
+        return;
+    }
     if (r->cfg->mode == MODE_RR || r->cfg->mode == MODE_DGRAM)
         begin_exchange(r, s, now_ns());
     s->state = SLOT_EXCHANGING;
@@ -612,6 +770,183 @@ static void read_stream_reply(struct run *r, struct slot *s)
             fail_slot(r, s, "EOF");
             return;
         } else if (errno == EAGAIN) {
+            return;
+        } else if (errno != EINTR) {
+            fail_slot_errno(r, s, errno);
+            return;
+        }
+    }
+}
+
+/* ---- http responses ----------------------------------------------------- */
+
+/* Case-insensitive: does the comma-separated header value list `token`? */
+static bool has_token(const char *value, size_t len, const char *token)
+{
+    size_t tlen = strlen(token);
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t'))
+            end--;
+        if (end - start == tlen && strncasecmp(value + start, token, tlen) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Parses the response head in s->head[0, size), which ends with CRLF CRLF;
+ * sets status, body_left and closes.  Returns NULL or the error kind:
+ * BADRESPONSE (not an HTTP/1.x head), CHUNKED (a chunked body: this client
+ * reads Content-Length bodies only) or NOLENGTH (a body delimited by the
+ * connection's close). */
+static const char *parse_head(struct slot *s, size_t size)
+{
+    const char *p = s->head, *end = s->head + size - 2; /* the final empty line's CRLF */
+    /* "HTTP/1.x SSS" then a space or the end of the line */
+    if (size < 14 || strncmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ' ||
+        p[9] < '1' || p[9] > '5' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9' ||
+        (p[12] != ' ' && p[12] != '\r'))
+        return "BADRESPONSE";
+    bool http10 = p[7] == '0';
+    s->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    bool keep_alive = false, close = false, have_length = false;
+    uint64_t length = 0;
+    const char *line = memchr(p, '\n', (size_t)(end - p));
+    if (!line || line[-1] != '\r')
+        return "BADRESPONSE";
+    line++;
+    while (line < end) {
+        const char *eol = memchr(line, '\n', (size_t)(end - line));
+        if (!eol || eol == line || eol[-1] != '\r')
+            return "BADRESPONSE";
+        const char *colon = memchr(line, ':', (size_t)(eol - line));
+        if (!colon || colon == line)
+            return "BADRESPONSE";
+        size_t name_len = (size_t)(colon - line);
+        const char *value = colon + 1;
+        size_t value_len = (size_t)(eol - 1 - value);
+        while (value_len && (*value == ' ' || *value == '\t'))
+            value++, value_len--;
+        while (value_len && (value[value_len - 1] == ' ' || value[value_len - 1] == '\t'))
+            value_len--;
+#define NAME_IS(n) (name_len == sizeof(n) - 1 && strncasecmp(line, n, name_len) == 0)
+        if (NAME_IS("Content-Length")) {
+            uint64_t v = 0;
+            if (value_len == 0 || value_len > 15)
+                return "BADRESPONSE";
+            for (size_t i = 0; i < value_len; i++) {
+                if (value[i] < '0' || value[i] > '9')
+                    return "BADRESPONSE";
+                v = v * 10 + (uint64_t)(value[i] - '0');
+            }
+            if (have_length && v != length)
+                return "BADRESPONSE";
+            have_length = true;
+            length = v;
+        } else if (NAME_IS("Transfer-Encoding")) {
+            return "CHUNKED";
+        } else if (NAME_IS("Connection")) {
+            close = close || has_token(value, value_len, "close");
+            keep_alive = keep_alive || has_token(value, value_len, "keep-alive");
+        }
+#undef NAME_IS
+        line = eol + 1;
+    }
+    /* 1xx, 204 and 304 have no body whatever they say. */
+    bool bodiless = s->status < 200 || s->status == 204 || s->status == 304;
+    if (!have_length && !bodiless)
+        return "NOLENGTH";
+    s->body_left = bodiless ? 0 : length;
+    s->closes = close || (http10 && !keep_alive);
+    return NULL;
+}
+
+/* A response read only in part: acknowledge what came at once.  A server
+ * that writes its head and its body separately (SimpleHTTPRequestHandler
+ * does) has the body held by Nagle until the head is acknowledged, and a
+ * client that has nothing to send delays that ACK by up to 40 ms: every
+ * request would cost 40 ms of nobody's work, and the run would measure
+ * that instead of the server. */
+static void ack_now(struct run *r, struct slot *s)
+{
+    int one = 1;
+    if (r->cfg->transport == TR_TCP)
+        setsockopt(s->fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one); /* best effort */
+}
+
+/* Edge-triggered: read the head into s->head, then exactly Content-Length
+ * bytes of body (discarded); a byte more than that is a bad response. */
+static void read_http_reply(struct run *r, struct slot *s)
+{
+    bool partial = false;
+    if (!s->head)
+        s->head = xmalloc(HEAD_MAX);
+    for (;;) {
+        ssize_t n;
+        if (!s->in_body) {
+            size_t room = HEAD_MAX - s->head_len;
+            if (room == 0) {
+                fail_slot(r, s, "BADRESPONSE"); /* a head longer than HEAD_MAX */
+                return;
+            }
+            n = recv(s->fd, s->head + s->head_len, room, 0);
+            if (n > 0) {
+                size_t from = s->head_len > 3 ? s->head_len - 3 : 0;
+                s->head_len += (size_t)n;
+                const char *blank = memmem(s->head + from, s->head_len - from, "\r\n\r\n", 4);
+                if (!blank) {
+                    partial = true;
+                    continue;
+                }
+                size_t size = (size_t)(blank - s->head) + 4;
+                const char *error = parse_head(s, size);
+                if (error) {
+                    fail_slot(r, s, error);
+                    return;
+                }
+                size_t extra = s->head_len - size; /* body bytes read with the head */
+                if (extra > s->body_left) {
+                    fail_slot(r, s, "BADRESPONSE");
+                    return;
+                }
+                s->body_left -= extra;
+                s->in_body = true;
+                if (s->body_left == 0) {
+                    complete_http(r, s);
+                    return;
+                }
+                partial = true;
+                continue;
+            }
+        } else {
+            size_t want = s->body_left < BODY_CHUNK ? (size_t)s->body_left + 1 : BODY_CHUNK;
+            n = recv(s->fd, r->scratch, want, 0);
+            if (n > 0) {
+                if ((uint64_t)n > s->body_left) {
+                    fail_slot(r, s, "BADRESPONSE");
+                    return;
+                }
+                s->body_left -= (uint64_t)n;
+                if (s->body_left == 0) {
+                    complete_http(r, s);
+                    return;
+                }
+                partial = true;
+                continue;
+            }
+        }
+        if (n == 0) {
+            fail_slot(r, s, "EOF");
+            return;
+        } else if (errno == EAGAIN) {
+            if (partial)
+                ack_now(r, s);
             return;
         } else if (errno != EINTR) {
             fail_slot_errno(r, s, errno);
@@ -663,12 +998,14 @@ static void on_slot_event(struct run *r, struct slot *s, uint32_t events)
         }
         return;
     case SLOT_EXCHANGING:
-        if ((events & writable) && s->sent < message_size(r))
+        if ((events & writable) && s->sent < r->request_len)
             send_request(r, s);
         /* A large request is echoed while it is still being sent: read
          * on, or both sides could block on full buffers. */
         if (s->state == SLOT_EXCHANGING && (events & readable)) {
-            if (is_stream(r))
+            if (r->cfg->mode == MODE_HTTP)
+                read_http_reply(r, s);
+            else if (is_stream(r))
                 read_stream_reply(r, s);
             else
                 read_datagram_reply(r, s);
@@ -694,7 +1031,7 @@ static void lose_request(struct run *r, struct slot *s)
 
 static void scan_slots(struct run *r, int64_t now)
 {
-    for (long i = 0; i < r->cfg->concurrency; i++) {
+    for (long i = 0; i < r->nslots; i++) {
         struct slot *s = &r->slots[i];
         bool waiting = s->state == SLOT_CONNECTING || s->state == SLOT_EXCHANGING;
         if (s->state == SLOT_BACKOFF && now >= s->deadline)
@@ -786,6 +1123,63 @@ static void run_load(struct run *r)
     }
 }
 
+static bool probes_in_flight(const struct run *r)
+{
+    for (long i = r->cfg->concurrency; i < r->nslots; i++)
+        if (r->slots[i].state != SLOT_DEAD)
+            return true;
+    return false;
+}
+
+/* http: a fresh connection, one request, timed from connect() to the reply. */
+static void launch_probe(struct run *r)
+{
+    r->probes++;
+    for (long i = r->cfg->concurrency; i < r->nslots; i++) {
+        if (r->slots[i].state == SLOT_DEAD) {
+            start_slot(r, &r->slots[i]);
+            return;
+        }
+    }
+    count_probe_failure(r, "BUSY"); /* cannot happen: there is a slot per interval of --timeout */
+}
+
+/* http: the load until every one of --requests is answered (or failed) or the
+ * window closes, with a probe every --probe-interval inside the window; then
+ * the probes still in flight, each until its reply or its --timeout, while
+ * the load's connections stay open (closing them could free a stalled server
+ * and flatter a late probe). */
+static void run_http(struct run *r)
+{
+    int64_t window_start = r->window_open + seconds_to_ns(r->cfg->warmup);
+    int64_t window_end = window_start + seconds_to_ns(r->cfg->duration);
+    r->measuring = r->cfg->warmup == 0;
+    r->next_probe = window_start;
+    start_all(r);
+    for (;;) {
+        int64_t wake_by = r->measuring ? window_end : window_start;
+        if (r->probe_interval_ns && r->next_probe < wake_by)
+            wake_by = r->next_probe;
+        int64_t now = turn(r, wake_by, window_start);
+        bool answered = r->cfg->requests > 0 && r->issued == (uint64_t)r->cfg->requests && r->outstanding == 0;
+        if (now >= window_end || answered) {
+            r->window_close = now;
+            break;
+        }
+        if (r->probe_interval_ns && r->measuring && now >= r->next_probe) {
+            launch_probe(r);
+            r->next_probe += r->probe_interval_ns;
+            if (r->next_probe <= now) /* the loop fell behind: no burst of probes */
+                r->next_probe = now + r->probe_interval_ns;
+        }
+    }
+    r->unanswered = r->outstanding;
+    r->stopped = true;
+    r->measuring = false;
+    while (probes_in_flight(r))
+        turn(r, INT64_MAX, INT64_MAX);
+}
+
 /* Watches stdin for EOF; false if it is at EOF already.  The driver gives
  * idle runs a pipe and closes it to end the hold.  epoll refuses regular
  * files and /dev/null (EPERM), whose end is always right there, and a
@@ -869,7 +1263,23 @@ static void print_result(struct run *r)
            seconds > 0 ? (double)r->ops / seconds : 0.0, r->errors, r->lost, conns_served(r), p50, p99);
     for (size_t i = 0; i < r->nkinds; i++)
         printf("%s\"%s\": %" PRIu64, i ? ", " : "", r->kinds[i].name, r->kinds[i].count);
-    printf("}}\n");
+    printf("}");
+    if (c->mode == MODE_HTTP) {
+        if (r->probe_latency.len > 0)
+            qsort(r->probe_latency.us, r->probe_latency.len, sizeof *r->probe_latency.us, compare_u32);
+        qsort(r->probe_kinds, r->nprobe_kinds, sizeof *r->probe_kinds, compare_kinds);
+        format_percentile(&r->probe_latency, 50, p50, sizeof p50);
+        format_percentile(&r->probe_latency, 100, p99, sizeof p99);
+        printf(", \"requests\": %ld, \"completed\": %" PRIu64 ", \"failed\": %" PRIu64 ", \"unanswered\": %" PRIu64
+               ", \"closed_by_server\": %" PRIu64 ", \"probes\": %" PRIu64 ", \"probe_failures\": %" PRIu64
+               ", \"probe_p50_us\": %s, \"probe_max_us\": %s, \"probe_error_kinds\": {",
+               c->requests, r->completed, r->failed, r->unanswered, r->closed_by_server, r->probes,
+               r->probe_failures, p50, p99);
+        for (size_t i = 0; i < r->nprobe_kinds; i++)
+            printf("%s\"%s\": %" PRIu64, i ? ", " : "", r->probe_kinds[i].name, r->probe_kinds[i].count);
+        printf("}");
+    }
+    printf("}\n");
     fflush(stdout);
 }
 
@@ -883,6 +1293,15 @@ static void raise_fd_limit(void)
         limit.rlim_cur = limit.rlim_max;
         setrlimit(RLIMIT_NOFILE, &limit); /* best effort: EMFILE is then reported per connection */
     }
+}
+
+static char *make_http_request(const char *path, size_t *len)
+{
+    size_t size = strlen(path) + 64;
+    char *request = xmalloc(size);
+    int n = snprintf(request, size, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    *len = (size_t)n;
+    return request;
 }
 
 static char *make_request(size_t size)
@@ -901,12 +1320,24 @@ static void init_run(struct run *r, const struct config *c)
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (r->epfd < 0)
         die("epoll_create1");
-    r->slots = xmalloc((size_t)c->concurrency * sizeof *r->slots);
-    for (long i = 0; i < c->concurrency; i++)
-        r->slots[i] = (struct slot){.fd = -1, .state = SLOT_DEAD};
-    r->request = make_request(message_size(r));
-    r->scratch = xmalloc(message_size(r) + 1);
+    bool http = c->mode == MODE_HTTP;
     r->timeout_ns = seconds_to_ns(c->timeout);
+    r->probe_interval_ns = http ? seconds_to_ns(c->probe_interval) : 0;
+    /* A probe lasts --timeout at most (and a scan period more): enough slots
+     * that one is always free when the next probe is due. */
+    long probe_slots = r->probe_interval_ns ? (long)((r->timeout_ns + SCAN_NS) / r->probe_interval_ns) + 2 : 0;
+    r->nslots = c->concurrency + probe_slots;
+    r->slots = xmalloc((size_t)r->nslots * sizeof *r->slots);
+    for (long i = 0; i < r->nslots; i++) /* http: `head` is allocated on first use */
+        r->slots[i] = (struct slot){.fd = -1, .state = SLOT_DEAD, .probe = i >= c->concurrency};
+    if (http) {
+        r->request = make_http_request(c->path, &r->request_len);
+        r->scratch = xmalloc(BODY_CHUNK);
+    } else {
+        r->request_len = message_size(r);
+        r->request = make_request(r->request_len);
+        r->scratch = xmalloc(message_size(r) + 1);
+    }
     /* Scan at least once per --timeout, but not more often than epoll_wait's
      * millisecond resolution can wait for. */
     r->scan_ns = r->timeout_ns < SCAN_NS ? r->timeout_ns : SCAN_NS;
@@ -919,10 +1350,13 @@ static void init_run(struct run *r, const struct config *c)
 static void free_run(struct run *r)
 {
     close(r->epfd);
+    for (long i = 0; i < r->nslots; i++)
+        free(r->slots[i].head);
     free(r->slots);
     free(r->request);
     free(r->scratch);
     free(r->latency.us);
+    free(r->probe_latency.us);
 }
 
 int main(int argc, char **argv)
@@ -934,10 +1368,12 @@ int main(int argc, char **argv)
     raise_fd_limit();
     if (config.mode == MODE_IDLE)
         run_idle(&run);
+    else if (config.mode == MODE_HTTP)
+        run_http(&run);
     else
         run_load(&run);
     /* Closed before the result is printed: idle mode promises that order. */
-    for (long i = 0; i < config.concurrency; i++)
+    for (long i = 0; i < run.nslots; i++)
         close_slot(&run.slots[i]);
     print_result(&run);
     free_run(&run);

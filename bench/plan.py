@@ -12,7 +12,8 @@ class Workload:
     """One column of the benchmark: a traffic shape on a transport."""
 
     name: str
-    #: "throughput" (paired with the C reference), "shutdown" or "memory".
+    #: "throughput" (paired with the C reference), "http" (paired with the stdlib's
+    #: ThreadingHTTPServer), "shutdown" or "memory".
     kind: str
     #: The load generator's mode (see LOADGEN.md); for "shutdown-idle", no load at all.
     mode: str
@@ -21,6 +22,10 @@ class Workload:
     handler: str = "echo"
     #: The server may use every CPU (the CPU-bound workload measures how a strategy uses cores).
     spread_server: bool = False
+    #: http: requests sent per run, in all (the load generator's --requests), and the run's time
+    #: limit in seconds (its --duration; a healthy server answers them all well within it).
+    requests: int = 0
+    limit_s: float = 0.0
 
     @property
     def key(self) -> str:
@@ -38,11 +43,23 @@ class Workload:
             "rr": "request/reply on persistent connections",
             "dgram": "datagram request/reply",
             "idle": "idle connections held open",
+            "http": "HTTP/1.1 keep-alive GETs of a 1 KiB file (SimpleHTTPRequestHandler)",
             "none": "no load",
         }[self.mode]
         extra = ", ~1 ms of CPU per request" if self.handler == "cpu" else ""
+        if self.mode == "http":
+            extra = (f", {self.requests} requests within {self.limit_s:g} s, a fresh connection probing "
+                     f"every {PROBE_INTERVAL_S * 1000:.0f} ms")
         return f"{self.name}: {what} over {self.transport}, concurrency {self.concurrency}{extra}"
 
+
+#: http: a probe (a fresh connection, one request) every this many seconds while the load runs.
+PROBE_INTERVAL_S = 0.1
+#: The issue's keep-alive target: every request completes, and no probe waits longer than this.
+PROBE_MAX_S = 1.0
+#: The file the keep-alive workload requests, made by the driver in a scratch directory.
+HTTP_FILE = "1k.bin"
+HTTP_FILE_SIZE = 1024
 
 CRR_TCP = Workload("crr", "throughput", "crr", "tcp", 50)
 CPU_TCP = Workload("cpu", "throughput", "crr", "tcp", 8, handler="cpu", spread_server=True)
@@ -61,11 +78,16 @@ FULL = [
     Workload("shutdown-idle", "shutdown", "none", "tcp", 1),
     Workload("shutdown-load", "shutdown", "crr", "tcp", 50),
     Workload("memory", "memory", "idle", "tcp", 1000),
+    # ab -k -c 200 -n 12000: 60 requests per connection on average; about 3.5 s for the stdlib's
+    # ThreadingHTTPServer on one CPU, 2 s for ThreadPool(8) with parking.
+    Workload("keepalive", "http", "http", "tcp", 200, handler="http", requests=12000, limit_s=10.0),
 ]
 
 QUICK = [
     CRR_TCP,
     Workload("shutdown-idle", "shutdown", "none", "tcp", 1),
+    # Under a second for ThreadingHTTPServer; a stalled server costs the limit and the last probes' timeout.
+    Workload("keepalive", "http", "http", "tcp", 50, handler="http", requests=5000, limit_s=2.5),
 ]
 QUICK_CONTENDERS = ["stdlib-inline", "stdlib-threading", "asyncio", "reactor-inline", "reactor-threadpool"]
 
@@ -74,6 +96,8 @@ def why_not(contender: Contender, workload: Workload, server_cpus: int) -> str |
     """Why ``contender`` cannot run ``workload`` on ``server_cpus`` CPUs (None if it can)."""
     if not contender.available():
         return f"{contender.requires} is not installed (pip install -e '.[bench]')"
+    if workload.kind == "http" and contender.http is None:
+        return "no HTTP server in this contender"
     if workload.transport not in contender.transports:
         return f"no {workload.transport} server in this contender"
     if workload.mode == "dgram" and workload.transport in STREAM_TRANSPORTS:

@@ -7,12 +7,14 @@ offers far less load and adds far more latency than the C client, so its numbers
 with other runs of this same generator.
 
 Run: ``python bench/pyloadgen.py --mode crr --transport tcp --address 127.0.0.1:8000
---concurrency 50`` (``--help`` lists every option).
+--concurrency 50`` (``--help`` lists every option); ``--mode http --path /file --requests N
+--probe-interval 0.1`` is the HTTP/1.1 keep-alive client.
 
 Design: one thread, one ``selectors.DefaultSelector``, every socket non-blocking. Each of the
 ``--concurrency`` slots owns one socket at a time (a :class:`Conn`) and steps it through
 connect, send and receive; a socket that fails is closed and its slot gets a new one after a
-millisecond. Standard library only.
+millisecond. Standard library only. The http mode is rr with an HTTP/1.1 request and a
+response parser, plus probe connections opened beside the load (:class:`HttpClient`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import enum
 import errno
 import json
 import os
+import re
 import resource
 import selectors
 import socket
@@ -59,8 +62,15 @@ MODE_TRANSPORTS = {
     "crr": STREAM_TRANSPORTS,
     "rr": STREAM_TRANSPORTS,
     "idle": STREAM_TRANSPORTS,
+    "http": STREAM_TRANSPORTS,
     "dgram": ("udp", "unixdgram"),
 }
+
+#: http: the longest response head accepted (loadgen.c's HEAD_MAX), and the body read size.
+HEAD_MAX = 8192
+BODY_CHUNK = 65536
+MAX_REQUESTS = 1_000_000_000
+MAX_PATH = 1024
 
 Address: TypeAlias = Union[tuple[str, int], str]
 
@@ -83,6 +93,9 @@ class Config:
     source_spread: int
     timeout: float
     hold: float
+    path: str = "/"
+    requests: int = 0
+    probe_interval: float = 0.0
 
 
 def int_range(minimum: int, maximum: int) -> Callable[[str], int]:
@@ -157,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source-spread", type=int_range(0, 255), default=0)
     parser.add_argument("--timeout", type=seconds(zero_ok=False), default=2.0)
     parser.add_argument("--hold", type=seconds(zero_ok=True), default=30.0)
+    parser.add_argument("--path", default="/", help="http: the request target")
+    parser.add_argument("--requests", type=int_range(0, MAX_REQUESTS), default=0,
+                        help="http: requests to send in all (0: no bound)")
+    parser.add_argument("--probe-interval", type=seconds(zero_ok=True), default=0.0,
+                        help="http: seconds between probe connections (0: none)")
     return parser
 
 
@@ -172,11 +190,17 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         parser.error(f"--address {args.address!r}: {exc}")
     if args.source_spread and (args.transport != "tcp" or family != socket.AF_INET):
         parser.error("--source-spread is for --transport tcp over IPv4 only")
+    path = args.path
+    if not path.startswith("/") or len(path) > MAX_PATH or any(c in path for c in " \t\r\n"):
+        parser.error(f"--path: expected '/' then up to {MAX_PATH - 1} characters without blanks, got {path!r}")
+    if 0 < args.probe_interval < 0.001:
+        parser.error(f"--probe-interval: expected 0 or at least 0.001 seconds, got {args.probe_interval:g}")
     return Config(
         mode=args.mode, transport=args.transport, family=family, address=address,
         concurrency=args.concurrency, duration=args.duration, warmup=args.warmup,
         message_size=args.message_size, source_spread=args.source_spread,
-        timeout=args.timeout, hold=args.hold,
+        timeout=args.timeout, hold=args.hold, path=path, requests=args.requests,
+        probe_interval=args.probe_interval,
     )
 
 
@@ -304,6 +328,8 @@ class Client(abc.ABC):
         self.deadlines: collections.deque[tuple[int, Conn, int]] = collections.deque()
         # When each slot that failed opens its next socket: in order too, BACKOFF_NS being fixed.
         self.backoffs: collections.deque[int] = collections.deque()
+        #: When a subclass has something else to do (its ``_expire`` does it), or None.
+        self.next_due_ns: int | None = None
 
     def start(self) -> None:
         for _ in range(self.config.concurrency):
@@ -324,6 +350,8 @@ class Client(abc.ABC):
                 wake_ns = min(wake_ns, self.deadlines[0][0])
             if self.backoffs:
                 wake_ns = min(wake_ns, self.backoffs[0])
+            if self.next_due_ns is not None:
+                wake_ns = min(wake_ns, self.next_due_ns)
             for key, events in select((wake_ns - now) / NS_PER_S):
                 on_ready(key.data, events)
 
@@ -344,9 +372,12 @@ class Client(abc.ABC):
         except OSError as exc:
             self._slot_failed(errno_name(exc.errno))
             return
-        conn = Conn(sock)
+        conn = self._new_conn(sock)
         self.conns.add(conn)
         self._start(conn)
+
+    def _new_conn(self, sock: socket.socket) -> Conn:
+        return Conn(sock)
 
     @abc.abstractmethod
     def _new_socket(self) -> socket.socket:
@@ -612,6 +643,278 @@ class IdleClient(StreamClient):
         self.pending -= 1
 
 
+# ---------------------------------------------------------------- http mode
+
+
+STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [^\r\n]*)?")
+CLOSING_KINDS = ("EOF", "ECONNRESET", "EPIPE")
+
+
+def parse_head(head: bytes) -> tuple[int, int, bool] | str:
+    """``(status, body length, closes)`` of a response head that ends with CRLF CRLF, or the
+    error kind: ``BADRESPONSE`` (not an HTTP/1.x head), ``CHUNKED`` (a chunked body: only
+    Content-Length bodies are read) or ``NOLENGTH`` (a body delimited by the connection's close).
+    ``closes``: the server closes the connection after this response."""
+    lines = head[:-4].split(b"\r\n")
+    match = STATUS_LINE.fullmatch(lines[0])
+    if match is None:
+        return "BADRESPONSE"
+    http10, status = match[1] == b"0", int(match[2])
+    length: int | None = None
+    close = keep_alive = False
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or b"\n" in line:
+            return "BADRESPONSE"
+        name, value = name.lower(), value.strip(b" \t")
+        if name == b"content-length":
+            if not (value.isdigit() and len(value) <= 15) or (length is not None and int(value) != length):
+                return "BADRESPONSE"
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return "CHUNKED"
+        elif name == b"connection":
+            tokens = {token.strip(b" \t").lower() for token in value.split(b",")}
+            close = close or b"close" in tokens
+            keep_alive = keep_alive or b"keep-alive" in tokens
+    bodiless = status < 200 or status in (204, 304)  # no body whatever the head says
+    if length is None and not bodiless:
+        return "NOLENGTH"
+    return status, 0 if bodiless or length is None else length, close or (http10 and not keep_alive)
+
+
+class HttpConn(Conn):
+    """A connection of the http mode: a load slot's, or a probe's."""
+
+    __slots__ = ("probe", "outstanding", "in_body", "body_left", "status", "closes")
+
+    def __init__(self, sock: socket.socket, probe: bool = False) -> None:
+        super().__init__(sock)
+        self.probe = probe
+        self.outstanding = False  # a request of the --requests budget is in flight
+        self.in_body = False      # the head is parsed; body_left bytes of the body are to come
+        self.body_left = 0
+        self.status = 0
+        self.closes = False       # the server closes the connection after this response
+
+
+class HttpClient(StreamClient):
+    """http: rr over HTTP/1.1 keep-alive. Each load slot keeps its connection and sends
+    ``GET --path HTTP/1.1`` requests back to back, reading each response's head (status line,
+    Content-Length) and exactly its body, until --requests have been sent in all. Beside the
+    load, once ``probing`` is set, a probe connection is opened every --probe-interval: one
+    request, timed from connect() to the last byte of its response, then closed.
+
+    Whole-run counts (frozen once ``stop()`` is called): requests ``completed`` (status 200),
+    ``failed`` (any other status, or an error while it was in flight), ``closed_by_server``
+    (connections the server ended: EOF, reset, or a response saying it closes)."""
+
+    def __init__(self, config: Config, stats: Stats) -> None:
+        super().__init__(config, stats)
+        self.request = f"GET {config.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        self.quickack: int | None = getattr(socket, "TCP_QUICKACK", None) if config.family != socket.AF_UNIX else None
+        self.stopped = False
+        self.issued = self.completed = self.failed = self.outstanding = self.unanswered = 0
+        self.closed_by_server = 0
+        self.served = 0
+        self.probing = False
+        self.probe_interval_ns = round(config.probe_interval * NS_PER_S)
+        self.probes = 0
+        self.probe_latencies_ns: list[int] = []
+        self.probe_kinds: collections.Counter[str] = collections.Counter()
+        self.probes_open = 0
+
+    # -- phases
+
+    def start_probing(self, now: int) -> None:
+        if self.probe_interval_ns:
+            self.probing = True
+            self.next_due_ns = now
+
+    def stop(self) -> None:
+        """The load is over: nothing more is sent or counted; probes in flight are awaited."""
+        self.unanswered = self.outstanding
+        self.stopped = True
+        self.probing = False
+        self.next_due_ns = None
+
+    def answered(self) -> bool:
+        return 0 < self.config.requests == self.issued and self.outstanding == 0
+
+    def conns_served(self) -> int:
+        # loadgen.c counts slots; a slot whose server closes after each response has many
+        # connections, each served once.
+        return min(self.served, self.config.concurrency)
+
+    def _busy(self) -> bool:
+        return self.probes_open > 0 if self.stopped else not self.answered()
+
+    def _budget_left(self) -> bool:
+        return not self.stopped and (self.config.requests == 0 or self.issued < self.config.requests)
+
+    # -- probes
+
+    def _expire(self, now: int) -> None:
+        super()._expire(now)
+        if self.probing and self.next_due_ns is not None and now >= self.next_due_ns:
+            self._open_probe()
+            self.next_due_ns += self.probe_interval_ns
+            if self.next_due_ns <= now:  # the loop fell behind: no burst of probes
+                self.next_due_ns = now + self.probe_interval_ns
+
+    def _open_probe(self) -> None:
+        self.probes += 1
+        try:
+            sock = self._new_socket()
+        except OSError as exc:
+            self.probe_kinds[errno_name(exc.errno)] += 1
+            return
+        conn = HttpConn(sock, probe=True)
+        self.conns.add(conn)
+        self.probes_open += 1
+        self._start(conn)  # arms the probe: its clock runs from connect()
+
+    def _probe_over(self, conn: HttpConn, kind: str | None) -> None:
+        self._close(conn)
+        self.probes_open -= 1
+        if kind is None:
+            self.probe_latencies_ns.append(monotonic_ns() - conn.started_ns)
+        else:
+            self.probe_kinds[kind] += 1
+
+    # -- load slots
+
+    def _new_conn(self, sock: socket.socket) -> Conn:
+        return HttpConn(sock)
+
+    def _connected(self, conn: Conn) -> None:
+        assert isinstance(conn, HttpConn)
+        if conn.probe:
+            self._send_request(conn)
+        else:
+            self._next_request(conn)
+
+    def _replied(self, conn: Conn) -> None:
+        raise AssertionError("http replies are read by _receive")  # pragma: no cover
+
+    def _next_request(self, conn: HttpConn) -> None:
+        """Send the next request of the budget, or keep the connection open, idle, unwatched."""
+        if not self._budget_left():
+            self._disarm(conn)
+            self._want(conn, 0)
+            return
+        self.issued += 1
+        self.outstanding += 1
+        conn.outstanding = True
+        conn.in_body = False
+        self._arm(conn)  # latency runs from the send
+        self._send_request(conn)
+
+    def _settle(self, conn: HttpConn, completed: bool) -> None:
+        if not conn.outstanding:
+            return
+        conn.outstanding = False
+        self.outstanding -= 1
+        if self.stopped:
+            return
+        if completed:
+            self.completed += 1
+        else:
+            self.failed += 1
+
+    def _replace(self) -> None:
+        if self._budget_left():
+            super()._replace()
+
+    def _fail(self, conn: Conn, kind: str) -> None:
+        assert isinstance(conn, HttpConn)
+        if conn.probe:
+            self._probe_over(conn, kind)
+            return
+        self._settle(conn, False)
+        if not self.stopped and kind in CLOSING_KINDS:
+            self.closed_by_server += 1
+        super()._fail(conn, kind)
+
+    # -- responses
+
+    def _receive(self, conn: Conn) -> None:
+        assert isinstance(conn, HttpConn)
+        if conn.in_body:
+            want = min(conn.body_left + 1, BODY_CHUNK)  # a byte more than the body is a bad response
+        else:
+            want = HEAD_MAX - len(conn.received)
+        try:
+            data = conn.sock.recv(want)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(conn, errno_name(exc.errno))
+            return
+        if not data:
+            self._fail(conn, "EOF")
+            return
+        if conn.in_body:
+            if len(data) > conn.body_left:
+                self._fail(conn, "BADRESPONSE")
+                return
+            conn.body_left -= len(data)
+        else:
+            start = max(0, len(conn.received) - 3)
+            conn.received += data
+            end = conn.received.find(b"\r\n\r\n", start)
+            if end < 0:
+                if len(conn.received) >= HEAD_MAX:
+                    self._fail(conn, "BADRESPONSE")
+                return
+            size = end + 4
+            parsed = parse_head(bytes(conn.received[:size]))
+            extra = len(conn.received) - size  # body bytes read with the head
+            conn.received.clear()
+            if isinstance(parsed, str):
+                self._fail(conn, parsed)
+                return
+            conn.status, conn.body_left, conn.closes = parsed
+            if extra > conn.body_left:
+                self._fail(conn, "BADRESPONSE")
+                return
+            conn.body_left -= extra
+            conn.in_body = True
+        if conn.body_left == 0:
+            self._complete(conn)
+        elif self.quickack is not None:
+            # Acknowledge the part at once: a server that writes its head and body separately
+            # (SimpleHTTPRequestHandler does) has the body held by Nagle until the head is
+            # acknowledged, and a delayed ACK would add up to 40 ms of nobody's work per request.
+            with contextlib.suppress(OSError):
+                conn.sock.setsockopt(socket.IPPROTO_TCP, self.quickack, 1)
+
+    def _complete(self, conn: HttpConn) -> None:
+        ok = conn.status == 200
+        kind = None if ok else f"HTTP_{conn.status}"
+        if conn.probe:
+            self._probe_over(conn, kind)
+            return
+        if ok:
+            self.stats.reply(conn.started_ns)
+            if not conn.replied:
+                conn.replied = True
+                self.served += 1
+        else:
+            self.stats.error(f"HTTP_{conn.status}")
+        self._settle(conn, ok)
+        if conn.closes:
+            # The server said it closes (Connection: close, or HTTP/1.0 without keep-alive):
+            # a new connection carries on.
+            if not self.stopped:
+                self.closed_by_server += 1
+            self._close(conn)
+            if self._budget_left():
+                self._open()
+            return
+        self._next_request(conn)
+
+
 # ---------------------------------------------------------------- datagram mode
 
 
@@ -707,6 +1010,41 @@ def run_timed(config: Config) -> dict[str, object]:
     return result_line(config, stats, window_end - window_start, client.conns_served())
 
 
+def run_http(config: Config) -> dict[str, object]:
+    """http: the load until --requests are answered (or failed) or --warmup + --duration pass,
+    probes inside the measured window; then the probes still in flight, each until its reply or
+    its --timeout, while the load's connections stay open (closing them could free a stalled
+    server and flatter a late probe)."""
+    stats = Stats()
+    client = HttpClient(config, stats)
+    try:
+        started = monotonic_ns()
+        stats.counting = config.warmup == 0
+        client.start()
+        window_start = ended = client.run_until(started + round(config.warmup * NS_PER_S))
+        if client.answered():
+            window_start = started  # answered within the warm-up: nothing measured
+        else:
+            stats.counting = True
+            client.start_probing(window_start)
+            ended = client.run_until(started + round((config.warmup + config.duration) * NS_PER_S))
+        stats.counting = False
+        client.stop()
+        client.run_until(monotonic_ns() + 2 * client.timeout_ns)  # every probe ends by its timeout
+    finally:
+        client.close()
+    result = result_line(config, stats, ended - window_start, client.conns_served())
+    latencies = sorted(client.probe_latencies_ns)
+    result.update({
+        "requests": config.requests, "completed": client.completed, "failed": client.failed,
+        "unanswered": client.unanswered, "closed_by_server": client.closed_by_server,
+        "probes": client.probes, "probe_failures": sum(client.probe_kinds.values()),
+        "probe_p50_us": percentile_us(latencies, 50), "probe_max_us": percentile_us(latencies, 100),
+        "probe_error_kinds": dict(sorted(client.probe_kinds.items())),
+    })
+    return result
+
+
 def run_idle(config: Config) -> dict[str, object]:
     """idle: open every connection and exchange once on each, print ``HOLDING <served>``, hold
     them until stdin's EOF or --hold seconds. The counted window is the opening phase."""
@@ -759,7 +1097,12 @@ def raise_fd_limit() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     raise_fd_limit()
-    result = run_idle(config) if config.mode == "idle" else run_timed(config)
+    if config.mode == "idle":
+        result = run_idle(config)
+    elif config.mode == "http":
+        result = run_http(config)
+    else:
+        result = run_timed(config)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plan import PROBE_INTERVAL_S
 from servers import CONTENDERS, label
 
 MB = 1024 * 1024
@@ -49,10 +50,48 @@ def summarise_throughput(pairs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _sum_kinds(runs: list[dict[str, Any]]) -> dict[str, int]:
+def summarise_http(pairs: list[dict[str, Any]], probe_max_s: float) -> dict[str, Any]:
+    """A keep-alive HTTP cell: rates as for throughput (the per-pair ratio is against the stdlib's
+    ThreadingHTTPServer; None for that server's own cell), completion and probe figures summed or
+    worst over the runs, and whether the issue's target is met: every request completed, and
+    every probe answered within ``probe_max_s`` (None when no probe ran)."""
+    runs = [p["contender"] for p in pairs]
+    bases = [p["baseline"] for p in pairs if "baseline" in p]
+    ratios = [r["ops_per_s"] / b["ops_per_s"] for r, b in zip(runs, bases) if b["ops_per_s"]]
+    probe_maxima = [r["probe_max_us"] for r in runs if r["probe_max_us"] is not None]
+    summary = {
+        "req_per_s": _median([r["ops_per_s"] for r in runs]),
+        "baseline_req_per_s": _median([b["ops_per_s"] for b in bases]),
+        "ratio_to_baseline": _median(ratios),
+        "pair_ratios": [round(x, 4) for x in ratios],
+        "p50_us": _median([r["p50_us"] for r in runs]),
+        "p99_us": _median([r["p99_us"] for r in runs]),
+        "expected": sum(r["requests"] for r in runs),
+        "completed": sum(r["completed"] for r in runs),
+        "failed": sum(r["failed"] for r in runs),
+        "unanswered": sum(r["unanswered"] for r in runs),
+        "closed_by_server": sum(r["closed_by_server"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "error_kinds": _sum_kinds(runs),
+        "probes": sum(r["probes"] for r in runs),
+        "probe_failures": sum(r["probe_failures"] for r in runs),
+        "probe_error_kinds": _sum_kinds(runs, "probe_error_kinds"),
+        "probe_p50_ms": _median([r["probe_p50_us"] / 1000 for r in runs if r["probe_p50_us"] is not None]),
+        "probe_max_ms": max(probe_maxima) / 1000 if probe_maxima else None,
+        "probe_max_target_ms": 1000 * probe_max_s,
+        "server_cpu_percent": _median([r["server_cpu_percent"] for r in runs]),
+        "server_peak_rss": max(r["server_peak_rss"] for r in runs),
+    }
+    summary["met"] = None if not summary["probes"] else (
+        summary["completed"] == summary["expected"] and summary["probe_failures"] == 0
+        and summary["probe_max_ms"] is not None and summary["probe_max_ms"] < 1000 * probe_max_s)
+    return summary
+
+
+def _sum_kinds(runs: list[dict[str, Any]], field: str = "error_kinds") -> dict[str, int]:
     kinds: dict[str, int] = {}
     for run in runs:
-        for kind, count in run.get("error_kinds", {}).items():
+        for kind, count in run.get(field, {}).items():
             if count:
                 kinds[kind] = kinds.get(kind, 0) + count
     return kinds
@@ -82,6 +121,12 @@ def one_line(cell: dict[str, Any]) -> str:
     if cell["kind"] == "throughput":
         return (f"{_num(s['ops_per_s'])} ops/s, {_ratio(s['ratio_to_reference'])} of reference, "
                 f"p99 {_ms(s['p99_us'])} ms, errors {s['errors']}, lost {s['lost']}")
+    if cell["kind"] == "http":
+        versus = "" if s["ratio_to_baseline"] is None else f", {_ratio(s['ratio_to_baseline'])} of ThreadingHTTPServer"
+        return (f"{_num(s['req_per_s'])} req/s{versus}, {s['completed']}/{s['expected']} completed, "
+                f"errors {s['errors']}{_kinds(s['error_kinds'])}, probes p50 {_num_ms(s['probe_p50_ms'])} ms, "
+                f"max {_num_ms(s['probe_max_ms'])} ms, {s['probe_failures']}/{s['probes']} failed"
+                f"{_kinds(s['probe_error_kinds'])}; target {_verdict(s['met'])}")
     if cell["kind"] == "shutdown":
         return f"stop {s['stop_ms']:.1f} ms, close {s['close_ms']:.1f} ms"
     return f"{s['served']}/{s['of']} held, PSS {_num(s['pss_mb'])} MB, {s['kb_per_connection']:.0f} KB/connection"
@@ -111,6 +156,9 @@ TARGETS = [
 ]
 #: "Within reach of asyncio" on persistent connections, read as at least this ratio.
 WITHIN_REACH = 0.8
+#: Judged on every keep-alive HTTP workload of the run: every request completes and a fresh
+#: client is served promptly (the probe threshold is plan.PROBE_MAX_S, recorded in each summary).
+HTTP_TARGET_CONTENDER = "reactor-threadpool"
 REACTOR = [name for name in CONTENDERS if name.startswith("reactor-")]
 
 
@@ -143,6 +191,25 @@ def headline(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"what": f"persistent connections: best reactor ({_short(best)}) / asyncio",
                      "workload": workload, "ratio": ratio, "target": WITHIN_REACH,
                      "met": None if ratio is None else ratio >= WITHIN_REACH})
+    rows += http_headline(cells)
+    return rows
+
+
+def http_headline(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The keep-alive target, per keep-alive workload that ran on ThreadPool(8): a figure and a
+    verdict instead of a ratio."""
+    rows = []
+    for c in cells:
+        if c["kind"] != "http" or c["contender"] != HTTP_TARGET_CONTENDER or c["status"] != "ok":
+            continue
+        s = c["summary"]
+        limit = s["probe_max_target_ms"]
+        rows.append({"what": f"keep-alive HTTP at c={c['concurrency']}: {c.get('label', 'ThreadPool')} completes "
+                             f"every request, a fresh client served within {limit / 1000:g} s",
+                     "workload": c["workload"], "ratio": None, "target": None,
+                     "figure": (f"{s['completed']}/{s['expected']} completed; probes max "
+                                f"{_num_ms(s['probe_max_ms'])} ms, {s['probe_failures']}/{s['probes']} failed"),
+                     "target_text": f"all completed, no probe failed, max < {limit:.0f} ms", "met": s["met"]})
     return rows
 
 
@@ -170,6 +237,18 @@ def _ms(us: float | None) -> str:
     return "-" if us is None else f"{us / 1000:.2f}"
 
 
+def _num_ms(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:.0f}" if ms >= 10 else f"{ms:.1f}"
+
+
+def _kinds(kinds: dict[str, int]) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})" if kinds else ""
+
+
+def _verdict(met: bool | None) -> str:
+    return "not judged (no probe ran)" if met is None else "met" if met else "MISSED"
+
+
 def _cpu_per_op(summary: dict[str, Any]) -> str:
     """Server CPU per exchange: its CPU share over the run divided by the rate."""
     if not summary["ops_per_s"]:
@@ -178,7 +257,7 @@ def _cpu_per_op(summary: dict[str, Any]) -> str:
 
 
 def _cell_label(cell: dict[str, Any]) -> str:
-    return label(cell["contender"], cell["transport"])
+    return cell.get("label") or label(cell["contender"], cell["transport"])
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -214,13 +293,13 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
             "- Figures are medians. `x ref` is the median over pairs of contender / reference throughput, "
             "each pair run back to back; ratios between contenders divide those medians, so the machine's "
             "drift between phases cancels.", ""]
-    rows = headline(cells)
-    if any(r["ratio"] is not None for r in rows):
+    rows = [r for r in headline(cells) if r["ratio"] is not None or r.get("figure")]
+    if rows:
         out += ["## Headline", ""]
         out += _table(["comparison", "workload", "ratio", "target", "met"],
-                      [[r["what"], r["workload"], _ratio(r["ratio"]), f">= {r['target']}",
-                        "-" if r["met"] is None else "yes" if r["met"] else "**no**"] for r in rows
-                       if r["ratio"] is not None])
+                      [[r["what"], r["workload"], r.get("figure") or _ratio(r["ratio"]),
+                        r.get("target_text") or f">= {r['target']}",
+                        "-" if r["met"] is None else "yes" if r["met"] else "**no**"] for r in rows])
         out.append("")
     out += _saturation_section(cells)
     out += _versus_section(cells)
@@ -235,6 +314,8 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
         if kind == "throughput":
             out += _table(["contender", "ops/s", "x ref", "p50 ms", "p99 ms", "errors", "lost", "server CPU %",
                            "CPU us/op", "peak RSS MB (sum)"], _throughput_rows(group))
+        elif kind == "http":
+            out += _http_section(group)
         elif kind == "shutdown":
             out += _table(["contender", "shutdown() ms", "to all closed ms", "worst shutdown() ms"],
                           [[_cell_label(c), f"{c['summary']['stop_ms']:.1f}", f"{c['summary']['close_ms']:.1f}",
@@ -245,6 +326,37 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
                           [_memory_row(c) for c in group])
         out.append("")
     return "\n".join(out)
+
+
+def _http_section(group: list[dict[str, Any]]) -> list[str]:
+    target = next((c["summary"]["probe_max_target_ms"] for c in group if c["status"] == "ok"), None)
+    lines = ["Each contender's runs alternate with runs against the stdlib's ThreadingHTTPServer (a thread "
+             "per connection) started beside it; `x stdlib` is the median of the per-pair ratios. A run "
+             "stops once its requests are all answered, or at its time limit. Meanwhile a probe opens a "
+             f"fresh connection every {PROBE_INTERVAL_S * 1000:.0f} ms for one request, timed from connect() "
+             "to the last byte; it fails after the load generator's timeout (2 s). req/s counts the requests "
+             "completed in the measured window: on a server that stalls, they come from the few connections "
+             "it still serves, so read them with the completed column. Completed, errors and "
+             "probes are summed over the runs, probe max is the "
+             "worst." + ("" if target is None else
+                         f" Target: every request completed, no probe failed, probe max < {target:.0f} ms."),
+             ""]
+    rows = []
+    for c in group:
+        if c["status"] != "ok":
+            rows.append([_cell_label(c), f"{c['status']}: {c.get('reason', '')}"] + [""] * 10)
+            continue
+        s = c["summary"]
+        rows.append([_cell_label(c), _num(s["req_per_s"]),
+                     "baseline" if s["ratio_to_baseline"] is None else _ratio(s["ratio_to_baseline"]),
+                     f"{s['completed']}/{s['expected']}", f"{s['errors']}{_kinds(s['error_kinds'])}",
+                     f"{s['unanswered']}", f"{s['closed_by_server']}", _ms(s["p99_us"]),
+                     _num_ms(s["probe_p50_ms"]), _num_ms(s["probe_max_ms"]),
+                     f"{s['probe_failures']}/{s['probes']}{_kinds(s['probe_error_kinds'])}",
+                     "-" if s["met"] is None else "yes" if s["met"] else "**no**"])
+    return lines + _table(["contender", "req/s", "x stdlib", "completed", "errors", "unanswered",
+                           "closed by server", "p99 ms", "probe p50 ms", "probe max ms", "probes failed",
+                           "target met"], rows)
 
 
 def _memory_row(c: dict[str, Any]) -> list[str]:
@@ -299,7 +411,10 @@ def terminal_table(results: dict[str, Any]) -> str:
     for c in results["cells"]:
         lines.append(f"{c['workload']:<20} {_cell_label(c):<36} {one_line(c)}")
     for r in headline(results["cells"]):
-        if r["ratio"] is not None:
+        if r.get("figure"):
+            lines.append(f"{r['what']} [{r['workload']}]: {r['figure']} (target: {r['target_text']}): "
+                         f"{_verdict(r['met'])}")
+        elif r["ratio"] is not None:
             verdict = "met" if r["met"] else "MISSED"
             lines.append(f"{r['what']} [{r['workload']}]: {_ratio(r['ratio'])} (target >= {r['target']}): {verdict}")
     return "\n".join(lines)
@@ -349,7 +464,8 @@ def write_all(results: dict[str, Any], stem: Path) -> list[Path]:
     has_chart = chart(results, png_path)
     md_path = stem.with_suffix(".md")
     text = markdown(results, png_path.name if has_chart else None)
-    if not has_chart:
+    charted = any(c["kind"] == "throughput" and c["status"] == "ok" for c in results["cells"])
+    if not has_chart and charted:  # else there was nothing to chart (a keep-alive-only run, say)
         text += "\n(no chart: matplotlib is not installed; `pip install -e '.[bench]'`)\n"
     md_path.write_text(text)
     return [json_path, md_path] + ([png_path] if has_chart else [])

@@ -10,8 +10,10 @@ server, both pinned to the server CPUs, then runs the load generator (pinned
 to the other CPUs) against the reference and the contender in turn, ``--pairs``
 times. The machine's speed drifts, so the cell's figure is the median of the
 per-pair ratios contender / reference; comparisons between contenders divide
-those medians. Shutdown and memory cells are run on their own (no pairing:
-their figures are times and bytes, not rates).
+those medians. The keep-alive HTTP cells pair the same way, with the stdlib's
+ThreadingHTTPServer in the reference's place (the C echo server speaks no
+HTTP). Shutdown and memory cells are run on their own (no pairing: their
+figures are times and bytes, not rates).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +44,15 @@ import procs  # noqa: E402
 import report  # noqa: E402
 from plan import Workload  # noqa: E402
 from procs import BenchError, LineReader, Placement  # noqa: E402
-from servers import CONTENDERS, Contender  # noqa: E402
+from servers import CONTENDERS, Contender, http_label  # noqa: E402
 
 PY_LOADGEN = BENCH / "pyloadgen.py"
 SERVERS = BENCH / "servers.py"
 #: Source addresses 127.0.0.1..N for short TCP connections (see LOADGEN.md).
 SOURCE_SPREAD = 200
 START_TIMEOUT = 30.0
+#: What each keep-alive HTTP contender is paired with.
+HTTP_BASELINE = "stdlib-threading"
 
 
 class Tools:
@@ -81,6 +85,7 @@ class Session:
         self.tools = tools
         self.scratch = scratch
         self.serial = 0
+        self._docroot: Path | None = None
 
     # -- addresses and processes ---------------------------------------------
 
@@ -88,6 +93,16 @@ class Session:
         """A fresh file in the scratch directory for a child's stderr."""
         self.serial += 1
         return self.scratch / f"{name}-{self.serial}.log"
+
+    def docroot(self) -> Path:
+        """The directory the HTTP servers serve: one file of HTTP_FILE_SIZE bytes, made on first use."""
+        if self._docroot is None:
+            self._docroot = self.scratch / "www"
+            self._docroot.mkdir()
+            pattern = bytes(range(256))
+            (self._docroot / plans.HTTP_FILE).write_bytes((pattern * (plans.HTTP_FILE_SIZE // 256 + 1))
+                                                         [:plans.HTTP_FILE_SIZE])
+        return self._docroot
 
     def fresh_address(self, transport: str) -> str:
         if transport in ("tcp", "udp"):
@@ -105,6 +120,8 @@ class Session:
             command = [sys.executable, str(SERVERS), "--contender", contender, "--transport", workload.transport,
                        "--address", address, "--handler", workload.handler,
                        "--concurrency", str(workload.concurrency)]
+            if workload.handler == "http":
+                command += ["--docroot", str(self.docroot())]
         server = procs.spawn(command, cpus, self.log(contender))
         try:
             bound = server.expect("READY ", START_TIMEOUT)
@@ -124,6 +141,9 @@ class Session:
         ]
         if workload.transport == "tcp" and mode == "crr":
             command += ["--source-spread", str(SOURCE_SPREAD)]
+        if mode == "http":
+            command += ["--path", f"/{plans.HTTP_FILE}", "--requests", str(workload.requests),
+                        "--probe-interval", str(plans.PROBE_INTERVAL_S)]
         return procs.spawn(command, self.placement(workload).client, self.log("loadgen"), stdin=stdin)
 
     def placement(self, workload: Workload) -> Placement:
@@ -146,9 +166,30 @@ class Session:
                 pairs.append({"reference": ref, "contender": run})
         return {"pairs": pairs, "summary": report.summarise_throughput(pairs)}
 
+    def http_cell(self, contender: str, workload: Workload) -> dict[str, Any]:
+        """Pairs of (stdlib ThreadingHTTPServer run, contender run), alternating; the stdlib's own
+        cell runs alone."""
+        cpus = self.placement(workload).server
+        pairs = []
+        with ExitStack() as servers:
+            baseline = None
+            if contender != HTTP_BASELINE:
+                baseline = servers.enter_context(self.server(HTTP_BASELINE, workload, cpus))
+            pid, address = servers.enter_context(self.server(contender, workload, cpus))
+            for _ in range(self.args.pairs):
+                pair: dict[str, Any] = {}
+                if baseline is not None:
+                    pair["baseline"] = self.measure(*baseline, workload)
+                pair["contender"] = self.measure(pid, address, workload)
+                pairs.append(pair)
+        return {"label": http_label(contender, len(cpus)), "pairs": pairs,
+                "summary": report.summarise_http(pairs, plans.PROBE_MAX_S)}
+
     def measure(self, server_pid: int, address: str, workload: Workload) -> dict[str, Any]:
-        client = self.loadgen(workload.mode, workload, address, duration=self.args.duration)
-        limit = self.args.warmup + self.args.duration + 30
+        # An http run has its own time limit; it stops earlier once its requests are answered.
+        duration = workload.limit_s if workload.mode == "http" else self.args.duration
+        client = self.loadgen(workload.mode, workload, address, duration=duration)
+        limit = self.args.warmup + duration + 30
         try:
             lines, usage = procs.watch_until_exit(client, server_pid, limit=limit)
         finally:
@@ -260,6 +301,8 @@ def run_cells(session: Session, workloads: list[Workload], contenders: list[Cont
             try:
                 if workload.kind == "throughput":
                     cell.update(session.throughput_cell(contender.name, workload))
+                elif workload.kind == "http":
+                    cell.update(session.http_cell(contender.name, workload))
                 elif workload.kind == "shutdown":
                     cell.update(session.shutdown_cell(contender.name, workload))
                 else:
@@ -285,7 +328,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="the small subset (make bench-quick)")
     parser.add_argument("--pairs", type=int, default=3, help="reference/contender pairs per cell (default 3)")
-    parser.add_argument("--duration", type=float, help="measured seconds per run (default 1.5, quick 0.5)")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 1.5, quick 0.5; "
+                        "the keep-alive HTTP runs have their own limit, see plan.py)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each run (default 0.3, quick 0.2)")
     parser.add_argument("--workloads", help="comma-separated workload keys or names to keep (e.g. crr,rr-tcp-c1)")
     parser.add_argument("--contenders", help=f"comma-separated, from: {', '.join(CONTENDERS)}")

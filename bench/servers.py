@@ -1,7 +1,7 @@
 """The benchmark's contenders: one server process per run, all with the same echo logic.
 
 Run: ``python bench/servers.py --contender NAME --transport T --address ADDR
-[--handler echo|cpu] [--concurrency N]``
+[--handler echo|cpu|http] [--concurrency N] [--docroot DIR]``
 
 The process binds, prints ``READY <address>`` (flushed), and serves until
 SIGTERM or SIGINT, then closes everything and exits 0. SIGUSR1 instead stops
@@ -14,12 +14,22 @@ Every contender runs the same logic on every transport: a stream connection
 echoes each chunk it reads until EOF; a datagram is replied to its sender.
 The ``cpu`` handler burns about 1 ms of its thread's CPU before each reply.
 Every listener has a backlog of 1024.
+
+The ``http`` handler (tcp only, the keep-alive workload) is instead the
+stdlib's unmodified ``http.server.SimpleHTTPRequestHandler`` speaking
+HTTP/1.1 (``protocol_version = "HTTP/1.1"``, ``log_message`` silenced) and
+serving ``--docroot``, on the contenders that have an HTTP server: stdlib
+``ThreadingHTTPServer`` (a thread per connection), reactor ``ThreadPool(8)``
+(a fixed pool whatever the concurrency: that is what is tested) and reactor
+``Prefork`` (one process per CPU, at least 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import http.server
 import os
 import signal
 import socket
@@ -45,6 +55,8 @@ BACKLOG = 1024
 CPU_BURN_SECONDS = 0.001
 #: What "unbounded" means when a contender's capacity is compared with a concurrency.
 UNBOUNDED = 1 << 30
+#: ThreadPool workers on the keep-alive HTTP workload: the issue's ThreadPool(8), whatever the concurrency.
+HTTP_POOL = 8
 
 
 def burn_cpu() -> None:
@@ -103,6 +115,8 @@ class Contender:
     requires: str | None = None
     #: Processes in the server's tree once it is ready, given the server CPUs.
     processes: Callable[[int], int] = lambda cpus: 1
+    #: How it serves the keep-alive HTTP workload (see module docstring), e.g. "ThreadPool(8)"; None: it does not.
+    http: str | None = None
 
     def available(self) -> bool:
         """True if this interpreter can run it."""
@@ -145,22 +159,31 @@ def _prefork_tree(cpus: int) -> int:
 
 CONTENDERS: dict[str, Contender] = {c.name: c for c in [
     Contender("stdlib-inline", "stdlib {Base}", _STREAM_DGRAM_UNIX, lambda n, cpus: 1),
-    Contender("stdlib-threading", "stdlib Threading{Base}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED),
+    Contender("stdlib-threading", "stdlib Threading{Base}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED,
+              http="ThreadingHTTPServer"),
     Contender("stdlib-forking", "stdlib Forking{Base}", _FORKING_TRANSPORTS, lambda n, cpus: forking_children(n)),
     Contender("asyncio", "asyncio {Api}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED),
     Contender("uvloop", "uvloop {Api}", ("tcp", "unix", "udp"), lambda n, cpus: UNBOUNDED, requires="uvloop"),
     Contender("gevent", "gevent {Gevent}", ("tcp", "udp"), lambda n, cpus: UNBOUNDED, requires="gevent"),
     Contender("reactor-inline", "reactor Inline", _STREAM_DGRAM_UNIX, lambda n, cpus: 1, "stdlib-inline"),
     Contender("reactor-threadpool", "reactor ThreadPool", _STREAM_DGRAM_UNIX, lambda n, cpus: pool_size(n),
-              "stdlib-threading"),
+              "stdlib-threading", http=f"ThreadPool({HTTP_POOL})"),
     Contender("reactor-prefork", "reactor Prefork", _STREAM_DGRAM_UNIX, lambda n, cpus: prefork_workers(cpus),
-              "stdlib-forking", processes=_prefork_tree),
+              "stdlib-forking", processes=_prefork_tree, http="Prefork({workers})"),
     Contender("reactor-prefork-threads", "reactor Prefork+threads", _STREAM_DGRAM_UNIX,
               lambda n, cpus: prefork_workers(cpus) * prefork_threads(n, cpus), "stdlib-forking",
               processes=_prefork_tree),
 ]}
 
 _STDLIB_BASE = {"tcp": "TCPServer", "udp": "UDPServer", "unix": "UnixStreamServer", "unixdgram": "UnixDatagramServer"}
+
+
+def http_label(contender: str, cpus: int | None = None) -> str:
+    """How the report names a contender on the keep-alive HTTP workload, e.g. ``reactor ThreadPool(8)``."""
+    c = CONTENDERS[contender]
+    assert c.http is not None, f"{contender} has no HTTP server"
+    what = c.http.format(workers=prefork_workers(cpus))
+    return f"{'reactor' if contender.startswith('reactor-') else 'stdlib'} {what}"
 
 
 def stdlib_class_name(contender: str, transport: str) -> str:
@@ -296,6 +319,43 @@ def serve_in_main_thread(server: Any, transport: str) -> None:
 def announce(transport: str, address: Any) -> None:
     """Tell the driver the server is ready and where."""
     print(f"READY {format_address(transport, address)}", flush=True)
+
+
+# -- the keep-alive HTTP workload --------------------------------------------
+
+
+class QuietHTTPHandler(http.server.SimpleHTTPRequestHandler):
+    """The stdlib's file server speaking HTTP/1.1 (so connections are kept alive), without its
+    per-request log line. ``handle()`` and the request loop are the stdlib's, untouched."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def build_http_server(contender: str, address: Any, docroot: str) -> Any:
+    """A bound HTTP server for the keep-alive workload (tcp)."""
+    handler = functools.partial(QuietHTTPHandler, directory=docroot)  # http.server's documented way
+    if contender == "stdlib-threading":
+        class ThreadingHTTPServer(http.server.ThreadingHTTPServer):
+            request_queue_size = BACKLOG
+        return ThreadingHTTPServer(address, handler)
+    dispatch: Dispatch | Topology
+    if contender == "reactor-threadpool":
+        dispatch = ThreadPool(HTTP_POOL, drain_timeout=5)
+    elif contender == "reactor-prefork":
+        dispatch = Prefork(prefork_workers(), graceful_timeout=5, handle_signals=False)
+    else:
+        raise ValueError(f"{contender} has no HTTP server")
+
+    class HTTPServer(rx.TCPServer):
+        # http.server.HTTPServer on reactor's TCPServer: its allow_reuse_address (server_bind's
+        # server_name and server_port, which SimpleHTTPRequestHandler never reads, are left out).
+        request_queue_size = BACKLOG
+        allow_reuse_address = True
+
+    return HTTPServer(address, handler, dispatch=dispatch)
 
 
 # -- asyncio and uvloop -----------------------------------------------------
@@ -437,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contender", required=True, choices=sorted(CONTENDERS))
     parser.add_argument("--transport", required=True, choices=TRANSPORTS)
     parser.add_argument("--address", required=True)
-    parser.add_argument("--handler", choices=("echo", "cpu"), default="echo")
+    parser.add_argument("--handler", choices=("echo", "cpu", "http"), default="echo")
+    parser.add_argument("--docroot", help="http: the directory served")
     parser.add_argument("--concurrency", type=int, default=1, help="sizes pools for persistent connections")
     args = parser.parse_args(argv)
     contender = CONTENDERS[args.contender]
@@ -445,7 +506,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.contender} does not serve {args.transport}")
     address = parse_address(args.transport, args.address)
     burn = args.handler == "cpu"
-    if args.contender in ("asyncio", "uvloop"):
+    if args.handler == "http":
+        if contender.http is None or args.transport != "tcp" or not args.docroot:
+            parser.error("--handler http takes --transport tcp, --docroot and a contender with an HTTP server: "
+                         + ", ".join(name for name, c in CONTENDERS.items() if c.http))
+        server = build_http_server(args.contender, address, args.docroot)
+        serve_socketserver(server, args.transport, prefork=args.contender.startswith("reactor-prefork"))
+    elif args.contender in ("asyncio", "uvloop"):
         serve_asyncio(args.transport, address, burn, use_uvloop=args.contender == "uvloop")
     elif args.contender == "gevent":
         serve_gevent(args.transport, address, burn)

@@ -152,6 +152,9 @@ def test_the_plan_leaves_out_servers_that_would_starve_persistent_connections() 
     assert plan.why_not(CONTENDERS["stdlib-threading"], rr_50, 1) is None
     crr = next(w for w in plan.FULL if w.key == "crr-tcp-c50")
     assert plan.why_not(CONTENDERS["reactor-inline"], crr, 1) is None  # short connections queue, not starve
+    keepalive = next(w for w in plan.FULL if w.key == "keepalive-tcp-c200")
+    assert plan.why_not(CONTENDERS["reactor-threadpool"], keepalive, 1) is None  # ThreadPool(8): the point
+    assert plan.why_not(CONTENDERS["asyncio"], keepalive, 1) == "no HTTP server in this contender"
     assert len({w.key for w in plan.FULL}) == len(plan.FULL)
 
 
@@ -203,8 +206,15 @@ def test_quick_plan_runs_with_the_c_tools_and_reports_every_cell(tmp_path: Path,
     crr = cells["crr-tcp-c50", "reactor-threadpool"]["summary"]
     assert crr["ops"] > 0 and crr["errors"] == 0 and crr["reference_ops_per_s"] > 0
     assert cells["shutdown-idle-tcp-c1", "reactor-inline"]["summary"]["stop_ms"] >= 0
+    # Keep-alive HTTP: the stdlib's ThreadingHTTPServer alone, ThreadPool(8) paired with it; a stall
+    # (before parking) is reported in the figures, not as a failed cell.
+    assert cells["keepalive-tcp-c50", "stdlib-threading"]["summary"]["expected"] == 5000
+    threadpool = cells["keepalive-tcp-c50", "reactor-threadpool"]
+    assert threadpool["label"] == "reactor ThreadPool(8)" and threadpool["summary"]["expected"] == 5000
+    assert cells["keepalive-tcp-c50", "asyncio"]["status"] == "n/a"
     markdown = (tmp_path / "smoke.md").read_text()
     assert "## Headline" in markdown and "Inline / TCPServer" in markdown
+    assert "keep-alive HTTP at c=50: reactor ThreadPool(8) completes every request" in markdown
 
 
 @pytest.mark.timeout(300)
@@ -219,6 +229,7 @@ def test_every_workload_of_the_full_plan_runs_on_one_contender_with_the_python_f
     memory = by_workload["memory-tcp-c1000"]["summary"]
     assert memory["served"] == memory["of"] == 1000
     assert by_workload["dgram-udp-c50"]["summary"]["ops"] > 0
+    assert by_workload["keepalive-tcp-c200"]["summary"]["expected"] == 12000
     assert "pure Python fallback" in (tmp_path / "smoke.md").read_text()
 
 
