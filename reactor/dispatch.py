@@ -44,8 +44,12 @@ class ThreadPool(Dispatch):
             and live until the server is removed (never a thread per request).
         max_pending: requests taken from the socket and waiting for a worker;
             default ``max_workers``. When ``max_workers + max_pending``
-            requests are in flight, the server stops reading its socket until
-            a worker frees.
+            requests are in flight (running, or new ones waiting), the server
+            stops reading its socket until a worker frees. Jobs (a parked
+            keep-alive connection's next request, a framed message) wait in
+            the same FIFO without counting toward that: there is at most one
+            per open connection, and counting them would keep the listener
+            paused under steady keep-alive load, starving new clients.
         drain_timeout: on removal, how long in-flight and queued requests may
             take to finish; queued requests left after it are closed unserved,
             and handlers still running are abandoned (their threads are daemon
@@ -76,6 +80,7 @@ class ThreadPool(Dispatch):
         self._workers: list[threading.Thread] = []
         self._idle = 0
         self._running = 0
+        self._queued_jobs = 0
         self._closing = False
         self._paused = False
         self._hosted: HostedServer | None = None
@@ -117,7 +122,7 @@ class ThreadPool(Dispatch):
 
     def submit_job(self, hosted: HostedServer, job: Job) -> None:
         """Queue a job (a parked connection's next request, a framed message) for any free
-        worker; it counts toward the pool's capacity like a request."""
+        worker, in the same FIFO as new requests (see ``max_pending``)."""
         self._enqueue(hosted, job, _JOB)
 
     def _enqueue(self, hosted: HostedServer, request: Any, client_address: Any) -> None:
@@ -131,7 +136,9 @@ class ThreadPool(Dispatch):
                 self._work_ready.notify()
             elif len(self._workers) < self.max_workers:
                 spawn = True
-            saturate = not self._paused and len(self._queue) + self._running >= self.capacity
+            if client_address is _JOB:
+                self._queued_jobs += 1
+            saturate = not self._paused and self._load_locked() >= self.capacity
             if saturate:
                 self._paused = True
             if spawn:
@@ -162,6 +169,7 @@ class ThreadPool(Dispatch):
             self._on_drained = None
             unserved = list(self._queue)
             self._queue.clear()
+            self._queued_jobs = 0
         if unserved:
             logger.warning("%s: closing %d queued requests unserved (drain aborted or past drain_timeout=%ss)",
                            hosted.name, len(unserved), self.drain_timeout)
@@ -211,6 +219,8 @@ class ThreadPool(Dispatch):
                 if not self._queue:
                     return
                 request, client_address = self._queue.popleft()
+                if client_address is _JOB:
+                    self._queued_jobs -= 1
                 self._running += 1
             try:
                 if client_address is _JOB:
@@ -224,11 +234,15 @@ class ThreadPool(Dispatch):
             finally:
                 self._finished(hosted)
 
+    def _load_locked(self) -> int:
+        """What counts toward ``capacity``: running handlers and new requests waiting."""
+        return len(self._queue) - self._queued_jobs + self._running
+
     def _finished(self, hosted: HostedServer) -> None:
         with self._lock:
             self._running -= 1
             self.requests_done += 1
-            resume = self._paused and len(self._queue) + self._running < self.capacity
+            resume = self._paused and self._load_locked() < self.capacity
             if resume:
                 self._paused = False
             on_drained = None

@@ -532,3 +532,36 @@ def test_prefork_workers_run_parked_connections_on_their_threads_and_count_them_
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_a_new_client_is_taken_while_parked_connections_requests_fill_the_pool() -> None:
+    gate = threading.Event()
+
+    class Gated(KeepAliveHTTP):
+        def reply(self) -> bytes:
+            if self.path == "/gate":
+                gate.wait(60)  # set by the test (at the latest when it ends)
+            return b"ok\n"
+
+    with hosted_http(Gated, ThreadPool(2, 2)) as (reactor, server), contextlib.ExitStack() as release:
+        release.callback(gate.set)
+        with clients(server.server_address, 12) as conns:
+            for conn in conns:
+                get(conn)
+            wait_for(lambda: reactor.server_stats(server)["parked"] == 12, timeout=CLIENT_TIMEOUT)
+            for conn in conns[:2]:  # both workers held
+                conn.request("GET", "/gate")
+            for conn in conns[2:]:  # ten next requests of parked connections wait for a worker
+                conn.request("GET", "/")
+            wait_for(lambda: reactor.server_stats(server)["resumed"] == 12, timeout=CLIENT_TIMEOUT)
+            with socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT) as fresh:
+                fresh.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                # Taken although the pool has 12 requests in flight for its capacity of 4:
+                # it waits in the same FIFO as the parked connections' requests, not in the backlog.
+                wait_for(lambda: reactor.server_stats(server)["requests"] == 13, timeout=CLIENT_TIMEOUT)
+                gate.set()
+                assert fresh.makefile("rb").readline() == b"HTTP/1.1 200 OK\r\n"
+            for conn in conns:
+                response = conn.getresponse()
+                assert response.status == 200
+                response.read()
