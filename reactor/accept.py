@@ -299,6 +299,12 @@ class Dispatch:
     inline, in the loop's thread.
     """
 
+    #: True when requests run in the loop's own thread (so a blocked handler blocks the loop).
+    runs_in_loop_thread: bool = True
+    #: The ``io_timeout`` of a stream handler this strategy runs in the loop's thread when
+    #: ``add_server`` is not given one (None: blocking).
+    default_io_timeout: float | None = DEFAULT_INLINE_IO_TIMEOUT
+
     def bind(self, hosted: HostedServer) -> None:
         """Called once when ``hosted`` starts; acquire resources here."""
 
@@ -703,10 +709,9 @@ class HostedServer:
         timeout = self._options.admission.io_timeout
         if timeout is None:
             sock = getattr(self._server, "socket", None)
-            in_loop_thread = (type(self._dispatch).submit is Dispatch.submit
-                              and not _overrides(self._server, "process_request"))
+            in_loop_thread = self._dispatch.runs_in_loop_thread and not _overrides(self._server, "process_request")
             if in_loop_thread and isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM:
-                return DEFAULT_INLINE_IO_TIMEOUT
+                return self._dispatch.default_io_timeout
             return None
         return timeout or None  # 0: blocking
 

@@ -61,6 +61,8 @@ class ThreadPool(Dispatch):
     ``shutdown_request`` always.
     """
 
+    runs_in_loop_thread = False
+
     def __init__(self, max_workers: int = 8, max_pending: int | None = None, *,
                  drain_timeout: float = 30.0, name: str | None = None) -> None:
         if max_workers < 1:

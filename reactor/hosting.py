@@ -101,11 +101,6 @@ class Topology:
         return f"{type(self).__name__}()"
 
 
-def _runs_elsewhere(dispatch: Dispatch) -> bool:
-    """True for a per-request strategy that runs requests off the loop's thread (a thread pool)."""
-    return type(dispatch).submit is not Dispatch.submit
-
-
 def _socket_type_for(protocol_factory: Callable[[], BaseProtocol]) -> int:
     """SOCK_DGRAM for a DatagramProtocol class, else SOCK_STREAM."""
     if isinstance(protocol_factory, type) and issubclass(protocol_factory, DatagramProtocol):
@@ -322,7 +317,7 @@ class Reactor(EventLoop):
             ValueError: a ``dispatch`` that is a thread pool, or options that
                 do not apply.
         """
-        if isinstance(dispatch, Dispatch) and _runs_elsewhere(dispatch):
+        if isinstance(dispatch, Dispatch) and not dispatch.runs_in_loop_thread:
             raise ValueError(f"protocols run in the loop's thread: dispatch must be None or a Topology, "
                              f"not {dispatch!r}")
         if family is None:

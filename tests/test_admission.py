@@ -562,3 +562,42 @@ def test_connection_options_on_a_standalone_datagram_server_are_refused() -> Non
     with pytest.raises(ValueError, match="stream servers"):
         socketserver.UDPServer(("127.0.0.1", 0), socketserver.DatagramRequestHandler,
                                connection_options=AdmissionOptions(io_timeout=1))
+
+
+PREFORK_SILENT_CLIENT_SCRIPT = r"""
+import json, os, signal
+from reactor import Prefork, Reactor, socketserver
+
+class Pid(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(f"{os.getpid()}\n".encode())
+
+reactor = Reactor()
+server = socketserver.TCPServer(("127.0.0.1", 0), Pid)
+reactor.add_server(server, Prefork(1, heartbeat_timeout=2))
+reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
+print(json.dumps(server.server_address), flush=True)
+reactor.serve_forever()
+reactor.close()
+server.server_close()
+"""
+
+
+def test_an_inline_prefork_worker_gives_up_on_a_silent_client_before_its_heartbeat_does() -> None:
+    import signal
+
+    from support import spawn_python
+
+    with spawn_python(PREFORK_SILENT_CLIENT_SCRIPT) as proc:
+        assert proc.stdout is not None
+        address = tuple(json.loads(proc.stdout.readline()))
+        try:
+            first = ask(address, b"who\n").strip()
+            with connect(address) as silent:
+                silent.sendall(b"half a li")  # the handler waits for the rest of the line
+                assert silent.recv(10) == b""  # closed after io_timeout = heartbeat_timeout / 2
+            assert ask(address, b"who\n").strip() == first  # the same worker: it was never killed
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0, proc.stderr.read() if proc.stderr else ""

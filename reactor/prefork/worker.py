@@ -21,7 +21,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..accept import Dispatch, HostedServer, Job, PauseReason
+from ..accept import DEFAULT_INLINE_IO_TIMEOUT, Dispatch, HostedServer, Job, PauseReason
 from ..dispatch import ThreadPool
 from ..hosting import Reactor
 from ._messages import HEARTBEAT, READY, stats_record
@@ -78,6 +78,14 @@ class _RequestLimit(Dispatch):
         self.reactor = reactor
         self.count = 0
 
+    @property
+    def runs_in_loop_thread(self) -> bool:  # type: ignore[override]
+        return self.inner.runs_in_loop_thread
+
+    @property
+    def default_io_timeout(self) -> float | None:  # type: ignore[override]
+        return self.inner.default_io_timeout
+
     def bind(self, hosted: HostedServer) -> None:
         self.inner.bind(hosted)
 
@@ -126,6 +134,9 @@ def worker_main(plan: Plan, heartbeat: int, death_pipe: int, signal_mask: Signal
             limit += random.randint(0, plan.settings.max_requests_jitter)
         # Only a worker that recycles pays for counting its requests.
         dispatch = _RequestLimit(inner, limit, reactor) if limit else inner
+        # A handler blocked on a silent client also silences the heartbeat: by default, give up
+        # on the client well before the arbiter gives up on the worker.
+        inner.default_io_timeout = min(DEFAULT_INLINE_IO_TIMEOUT, plan.settings.heartbeat_timeout / 2)
         reactor.add_server(plan.server, dispatch, **plan.options.keywords())
         pipe = _Heartbeat(heartbeat, reactor.attachment_of(plan.server).stats, on_gone=reactor.stop)
         interval = heartbeat_interval(plan.settings.heartbeat_timeout)
