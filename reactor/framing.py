@@ -76,7 +76,7 @@ from .protocol import Protocol, Transport
 
 __all__ = [
     "FrameError", "LengthPrefixedRequestHandler", "LineRequestHandler",
-    "MessageConnections", "MessageRequestHandler",
+    "MessageConnections", "MessageRequestHandler", "next_message",
 ]
 
 logger = logging.getLogger(__name__)
