@@ -54,8 +54,9 @@ Theory of operation (message mode)
 7. Leaving: the server drains (no new message starts; a message in flight
    finishes, its replies flush, then the connection closes) under the
    dispatch's deadline (``reactor.accept.DEFAULT_CONNECTION_DRAIN_TIMEOUT``
-   for ``Inline``); abort
-   closes every connection at once.
+   for ``Inline``); abort closes every connection at once (the socket is
+   shut down at once; a handler still running a message is ``finish()``-ed
+   when it returns).
 
 Counters (``Reactor.server_stats``): ``messages`` (dispatched, also counted
 in ``dispatched``), ``frame_errors``, ``keepalive_expired``, and the gauge
@@ -449,6 +450,7 @@ class _MessageConnection(Protocol):
         self.draining = False
         self.ended = False
         self.released = False
+        self.sock_closed = False
         self.advancing = False
         self.last_activity = self.loop.time()
         self.timer: TimerHandle | None = None
@@ -597,18 +599,26 @@ class _MessageConnection(Protocol):
             self.transport.close()
 
     def release(self) -> None:
-        """The connection is over: the handler's ``finish()`` (once no message is in flight),
-        then ``shutdown_request``, once."""
-        if self.in_flight or self.released:
+        """The connection is over: the handler's ``finish()`` then ``shutdown_request``, once each.
+        While a message is still in flight (an abort), the socket is shut down at once and
+        ``finish()`` waits for the message to return."""
+        if self.released:
+            return
+        server = self.owner.hosted.server
+        if self.in_flight:
+            if not self.sock_closed:
+                self.sock_closed = True
+                server.shutdown_request(self.sock)
             return
         self.released = True
-        server = self.owner.hosted.server
         try:
             self.handler.finish()
         except Exception:
             server.handle_error(self.sock, self.client_address)
         finally:
-            server.shutdown_request(self.sock)
+            if not self.sock_closed:
+                self.sock_closed = True
+                server.shutdown_request(self.sock)
 
 
 class _MessageJob:

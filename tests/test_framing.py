@@ -20,12 +20,12 @@ import socketserver as std_socketserver
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from reactor import Inline, Reactor, ThreadPool, socketserver
+from reactor import Dispatch, Inline, Reactor, ThreadPool, socketserver
 from reactor.framing import (FrameError, LengthPrefixedRequestHandler, LineRequestHandler, MessageRequestHandler,
                             next_message)
 from support import ipv6_available, reactor_thread, spawn_python, wait_for
@@ -97,7 +97,7 @@ class SpyBuffer(bytearray):
         super().__init__()
         self.starts: list[int] = []
 
-    def find(self, sub: Any, start: Any = None, end: Any = None) -> int:  # type: ignore[override]
+    def find(self, sub: Any, start: Any = None, end: Any = None) -> int:
         self.starts.append(start)
         return super().find(sub, start, end)
 
@@ -252,7 +252,7 @@ class Words(LineRequestHandler):
         self.server.events.append("finish")  # type: ignore[attr-defined]
 
 
-STRATEGIES = {"Inline": Inline, "ThreadPool": lambda: ThreadPool(4)}
+STRATEGIES: dict[str, Callable[[], Dispatch]] = {"Inline": Inline, "ThreadPool": lambda: ThreadPool(4)}
 
 
 @contextlib.contextmanager
@@ -269,10 +269,12 @@ def hosted(dispatch: Any = None, handler: Any = Words, family: str = "tcp4", uni
     try:
         reactor.add_server(server, dispatch, **options)
         with reactor_thread(reactor):
-            yield reactor, server
+            try:
+                yield reactor, server
+            finally:
+                for gate in server.gates.values():  # before the reactor drains
+                    gate.release.set()
     finally:
-        for gate in server.gates.values():
-            gate.release.set()
         server.server_close()
 
 
@@ -362,6 +364,25 @@ def test_replies_keep_request_order_while_the_pool_runs_other_connections() -> N
             assert slow.lines(2) == [b"BLOCK G\n", b"AFTER\n"]
 
 
+def test_messages_of_different_connections_run_on_every_worker_at_once() -> None:
+    with hosted(ThreadPool(8)) as (reactor, server):
+        gates = [server.gates.setdefault(f"g{n}".encode(), Gate()) for n in range(8)]
+        clients = [Client(server) for _ in range(8)]
+        try:
+            for n, client in enumerate(clients):
+                client.send(f"block g{n}".encode())
+            for gate in gates:  # all 8 handlers run together: one per worker, not one per connection
+                assert gate.entered.wait(CLIENT_TIMEOUT)
+            assert reactor.server_stats(server)["message_connections"] == 8
+            for gate in gates:
+                gate.release.set()
+            for n, client in enumerate(clients):
+                assert client.line() == f"BLOCK G{n}\n".encode()
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_replies_keep_request_order_with_handlers_of_different_durations() -> None:
     rng = random.Random(11)
     with hosted(ThreadPool(8)) as (reactor, server):
@@ -435,6 +456,29 @@ def test_leaving_lets_the_message_in_flight_finish_and_flush_then_closes() -> No
             assert removed.wait(CLIENT_TIMEOUT)
         assert server.events.count("finish") == 2
         assert server.events.count("shutdown_request") == 2
+    finally:
+        gate.release.set()
+        reactor.close()
+        server.server_close()
+
+
+def test_a_drain_past_its_deadline_closes_the_connection_and_finishes_the_handler_later() -> None:
+    reactor = Reactor()
+    server = RecordingTCP(("127.0.0.1", 0), Words)
+    gate = server.gates[b"g"] = Gate()
+    try:
+        reactor.add_server(server, ThreadPool(2, drain_timeout=0.2))
+        with reactor_thread(reactor), Client(server) as busy:
+            busy.send(b"block g")
+            assert gate.entered.wait(CLIENT_TIMEOUT)
+            removed = threading.Event()
+            reactor.call_soon_threadsafe(lambda: reactor.remove_server(server, on_removed=removed.set))
+            assert removed.wait(CLIENT_TIMEOUT)  # aborted at the deadline, the handler still running
+            assert busy.rest() == b""
+            assert "finish" not in server.events  # never while its message runs
+            gate.release.set()
+            wait_for(lambda: "finish" in server.events, timeout=CLIENT_TIMEOUT)
+        assert server.events[-2:] == ["shutdown_request", "finish"]  # closed at once, finished when it returned
     finally:
         gate.release.set()
         reactor.close()
