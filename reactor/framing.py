@@ -112,7 +112,9 @@ class MessageRequestHandler(_stdlib_socketserver.BaseRequestHandler):
     * ``setup()`` and ``finish()``: once per connection, as for any handler.
 
     Methods for the handler: ``write(data)`` sends one reply (through
-    ``frame_reply``), in order with the returned ones.
+    ``frame_reply``), in order with the returned ones; call it from the
+    handler's own ``setup()`` or ``handle_message()`` (in message mode what
+    it writes is sent when that call returns).
 
     Class variables: ``max_buffer``, the most bytes kept while no complete
     message is there (beyond it: a :class:`FrameError`).
@@ -153,7 +155,7 @@ class MessageRequestHandler(_stdlib_socketserver.BaseRequestHandler):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send one reply, framed by ``frame_reply``, after the replies before it."""
-        framed = self.frame_reply(bytes(data))
+        framed = self.frame_reply(data if type(data) is bytes else bytes(data))
         send = self._send
         if send is None:
             self.request.sendall(framed)
@@ -426,10 +428,6 @@ class MessageConnections:
         self._connections.add(conn)
         conn.transport.start()
 
-    def count(self, key: str) -> None:
-        """Add one to a counter of the server's stats."""
-        self.hosted.count(key)
-
 
 class _MessageConnection(Protocol):
     """One message-mode connection: the protocol its transport drives (loop thread), and the
@@ -493,6 +491,7 @@ class _MessageConnection(Protocol):
     def advance(self) -> None:
         """Start the next message if one is complete and none is in flight; else read for more."""
         transport = self.transport
+        hosted = self.owner.hosted
         self.advancing = True
         try:
             while not (self.in_flight or self.write_paused or self.draining or transport.is_closing()):
@@ -508,9 +507,9 @@ class _MessageConnection(Protocol):
                     transport.resume_reading()
                     return
                 self.in_flight = True
-                self.owner.count("messages")
-                self.owner.count("dispatched")
-                self.owner.hosted.dispatch.submit_job(self.owner.hosted, _MessageJob(self, message))
+                hosted.count("messages")
+                hosted.count("dispatched")
+                hosted.dispatch.submit_job(hosted, _MessageJob(self, message))
             if self.in_flight or self.write_paused:
                 transport.pause_reading()
         finally:
@@ -547,23 +546,24 @@ class _MessageConnection(Protocol):
         if self.ended:
             self.release()
             return
+        if self.transport.is_closing():
+            return  # failed or aborted meanwhile: its connection_lost is on the way
         self.flush_outbox()
-        if not ok:
-            self.transport.close()
-        elif self.draining:
+        if not ok or self.draining:
             self.transport.close()
         elif not self.advancing:
             self.advance()
 
     def flush_outbox(self) -> None:
+        """Hand the replies written so far to the transport, as one write."""
         outbox = self.outbox
         if outbox:
-            chunks = outbox[:]
+            data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
             outbox.clear()
-            self.transport.writelines(chunks)
+            self.transport.write(data)
 
     def frame_failed(self, exc: FrameError) -> None:
-        self.owner.count("frame_errors")
+        self.owner.hosted.count("frame_errors")
         try:
             answer = self.handler.frame_error(exc)
         except Exception:
@@ -592,7 +592,7 @@ class _MessageConnection(Protocol):
             start = now if self.in_flight else self.last_activity
             self.timer = self.loop.call_at(start + timeout, self.check_idle)
             return
-        self.owner.count("keepalive_expired")
+        self.owner.hosted.count("keepalive_expired")
         if self.transport.get_write_buffer_size():
             self.transport.abort()  # a client that neither sends nor reads
         else:
