@@ -44,7 +44,10 @@ Theory of operation (message mode)
 5. A :class:`FrameError` (malformed input, a message over its limit, input
    beyond ``max_buffer`` without a message) sends ``frame_error(exc)``'s bytes,
    then closes the connection once they are flushed, and counts
-   ``frame_errors``. A ``frame()`` or ``handle_message()`` that raises
+   ``frame_errors``. The close lingers (both modes): after the answer the
+   server sends EOF and drops what the client still sends until it closes
+   (``LINGER_TIMEOUT``, ``max_buffer`` bytes at most), so a client in the
+   middle of sending a huge message gets the answer instead of a reset. A ``frame()`` or ``handle_message()`` that raises
    anything else goes to the server's ``handle_error()``, and the
    connection closes after flushing earlier replies; other connections go on.
 6. A connection with no message in flight and no bytes received for
@@ -82,6 +85,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a connection closed for a FrameError waits for the client to close its side.
+LINGER_TIMEOUT = 2.0
 #: Most bytes asked of one ``recv`` in blocking mode.
 _BLOCKING_READ = 65536
 
@@ -176,6 +181,7 @@ class MessageRequestHandler(_stdlib_socketserver.BaseRequestHandler):
                 answer = self.frame_error(exc)
                 if answer:
                     sock.sendall(answer)
+                _linger(sock, self.max_buffer)
                 return
             try:
                 data = sock.recv(_BLOCKING_READ)
@@ -189,6 +195,19 @@ class MessageRequestHandler(_stdlib_socketserver.BaseRequestHandler):
     def message_connections(cls, hosted: HostedServer, idle_timeout: float) -> MessageConnections:
         """The message mode of a server whose handler class this is (called by the reactor)."""
         return MessageConnections(hosted, idle_timeout)
+
+
+def _linger(sock: socket.socket, most: int) -> None:
+    """Blocking mode's lingering close (see ``_MessageConnection.linger``)."""
+    try:
+        if hasattr(sock, "pending"):  # TLS: no half-close
+            return
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER_TIMEOUT)
+        while most > 0 and (data := sock.recv(_BLOCKING_READ)):
+            most -= len(data)
+    except OSError:
+        pass  # gone, or silent too long: the close follows either way
 
 
 def next_message(handler: MessageRequestHandler, buffer: bytearray) -> Any:
@@ -450,6 +469,8 @@ class _MessageConnection(Protocol):
         self.released = False
         self.sock_closed = False
         self.advancing = False
+        self.lingering = False
+        self.discarded = 0
         self.last_activity = self.loop.time()
         self.timer: TimerHandle | None = None
 
@@ -464,6 +485,11 @@ class _MessageConnection(Protocol):
         self.advance()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.discarded += len(data)
+            if self.discarded > self.handler.max_buffer:
+                self.transport.abort()
+            return
         self.buffer += data
         self.last_activity = self.loop.time()
         self.advance()
@@ -492,6 +518,9 @@ class _MessageConnection(Protocol):
         """Start the next message if one is complete and none is in flight; else read for more."""
         transport = self.transport
         hosted = self.owner.hosted
+        if self.lingering:
+            transport.resume_reading()  # what the client still sends is read and dropped
+            return
         self.advancing = True
         try:
             while not (self.in_flight or self.write_paused or self.draining or transport.is_closing()):
@@ -571,7 +600,23 @@ class _MessageConnection(Protocol):
             return
         if answer:
             self.transport.write(answer)
-        self.transport.close()
+        self.linger()
+
+    def linger(self) -> None:
+        """Close after an error without losing the answer: send it and EOF, then read and drop
+        what the client still sends until it closes too (at most ``LINGER_TIMEOUT`` seconds and
+        ``max_buffer`` bytes). Closing with unread input would reset the connection, and a reset
+        may destroy the answer before the client reads it."""
+        transport = self.transport
+        if not transport.can_write_eof():  # TLS: its close_notify ends both directions
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()
+        transport.resume_reading()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(LINGER_TIMEOUT, transport.abort)
 
     def failed(self) -> None:
         self.owner.hosted.server.handle_error(self.sock, self.client_address)

@@ -427,6 +427,32 @@ def test_an_overlong_line_gets_the_protocols_error_then_a_close(strategy: str) -
         assert "handle_error" not in server.events
 
 
+@pytest.mark.parametrize("strategy", [*sorted(STRATEGIES), "blocking"])
+def test_a_client_still_sending_a_huge_line_gets_the_error_not_a_reset(strategy: str) -> None:
+    options = {"keepalive_timeout": 0} if strategy == "blocking" else {}
+    dispatch = ThreadPool(2) if strategy == "blocking" else STRATEGIES[strategy]()
+    class Roomy(Words):
+        max_buffer = 32 * 1024 * 1024  # also how much is dropped while lingering
+
+    with hosted(dispatch, handler=Roomy, **options) as (reactor, server), Client(server) as client:
+        failures: list[OSError] = []
+
+        def send() -> None:  # more than the socket buffers hold: sent only if the server reads it
+            try:
+                client.sock.sendall(b"x" * 16 * 1024 * 1024 + b"\n")
+            except OSError as exc:
+                failures.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        sender.join(CLIENT_TIMEOUT)
+        # The server answered, sent EOF, and read and dropped the rest of the line: no reset,
+        # so the answer is still there to read once the whole line is sent.
+        assert failures == []
+        assert client.line() == b"ERROR line longer than max_line=64 bytes\n"
+        assert client.rest() == b""
+
+
 def test_a_connection_idle_past_keepalive_timeout_is_closed() -> None:
     with hosted(ThreadPool(2), keepalive_timeout=0.2) as (reactor, server):
         with Client(server) as client:
