@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from reactor import Dispatch, Inline, Reactor, ThreadPool, socketserver
+from reactor import Dispatch, Inline, Reactor, ThreadPool, request_info, socketserver
 from reactor.framing import (FrameError, LengthPrefixedRequestHandler, LineRequestHandler, MessageRequestHandler,
                             next_message)
 from support import ipv6_available, reactor_thread, spawn_python, wait_for
@@ -549,6 +549,33 @@ def test_tls_connections_are_served_a_message_at_a_time(pki: Any) -> None:
             with contextlib.suppress(ssl.SSLError, ConnectionError):
                 assert client.reader.read() == b""
         assert reactor.server_stats(server)["frame_errors"] == 1
+
+
+def test_admission_runs_first_and_counts_message_mode_connections_against_its_limits() -> None:
+    class Peer(LineRequestHandler):
+        def handle_message(self, line: bytes) -> bytes:
+            info = request_info(self.request)
+            assert info is not None
+            return f"{info.client_address[0]} {line.decode()}".encode()
+
+    header = "PROXY TCP4 192.0.2.{} 192.0.2.1 5555 80\r\n"
+    with hosted(ThreadPool(2), handler=Peer, proxy_protocol="v1", max_connections=1) as (reactor, server):
+        first = Client(server)
+        try:
+            first.sock.sendall(header.format(10).encode() + b"hello\n")
+            assert first.line() == b"192.0.2.10 hello\n"
+            stats = reactor.server_stats(server)
+            assert (stats["open"], stats["message_connections"]) == (1, 1)
+            with Client(server) as second:
+                second.sock.sendall(header.format(11).encode() + b"next\n")
+                second.sock.settimeout(0.3)
+                with pytest.raises(TimeoutError):
+                    second.sock.recv(100)  # at max_connections: it waits in the backlog
+                first.close()
+                second.sock.settimeout(CLIENT_TIMEOUT)
+                assert second.line() == b"192.0.2.11 next\n"
+        finally:
+            first.close()
 
 
 def test_length_prefixed_messages_in_message_mode() -> None:
