@@ -107,7 +107,8 @@ class MessageRequestHandler(_stdlib_socketserver.BaseRequestHandler):
       more, so it may remember how far it searched (on ``self``); after a
       message the next call's buffer starts at the first byte not consumed.
       ``buffer`` is a ``bytearray`` that changes after the call: return a
-      copy (``bytes(...)``), never a view of it.
+      copy (``bytes(...)``), never a view of it. A message is any object
+      but None (skip bytes with an empty message).
     * ``handle_message(message)``: answer one message; return the reply
       (bytes, passed through ``frame_reply``) or None, and/or call ``write()``.
     * ``frame_reply(data)``: how a reply is framed on the wire (default: as is).
@@ -223,8 +224,9 @@ def next_message(handler: MessageRequestHandler, buffer: bytearray) -> Any:
             raise FrameError(f"no complete message in {len(buffer)} bytes (max_buffer={handler.max_buffer})")
         return None
     message, consumed = framed
-    if not 0 < consumed <= len(buffer):
-        raise ValueError(f"{type(handler).__name__}.frame() consumed {consumed!r} of {len(buffer)} bytes")
+    if not 0 < consumed <= len(buffer) or message is None:
+        raise ValueError(f"{type(handler).__name__}.frame() returned ({message!r}, {consumed!r}) for "
+                         f"{len(buffer)} bytes: a message is not None, and consumes some of them")
     del buffer[:consumed]
     return message
 

@@ -173,8 +173,15 @@ def test_a_framer_that_consumes_nothing_is_a_programming_error() -> None:
         def frame(self, buffer: bytearray) -> tuple[Any, int] | None:
             return b"", 0
 
-    with pytest.raises(ValueError, match="consumed 0"):
+    with pytest.raises(ValueError, match=r"returned \(b'', 0\)"):
         feed(framer(Stuck), [b"x"])
+
+    class Nothing(MessageRequestHandler):
+        def frame(self, buffer: bytearray) -> tuple[Any, int] | None:
+            return None, 1
+
+    with pytest.raises(ValueError, match="not None"):
+        feed(framer(Nothing), [b"x"])
 
 
 # ------------------------------------------------------------------ message mode on a reactor
