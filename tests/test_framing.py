@@ -422,6 +422,34 @@ def test_a_handler_that_raises_is_reported_and_closes_only_its_connection(strate
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_a_setup_or_a_framer_that_raises_is_reported_and_closes_that_connection(strategy: str) -> None:
+    class Fragile(Words):
+        def setup(self) -> None:
+            super().setup()
+            if self.server.events.count("setup") == 1:  # type: ignore[attr-defined]
+                raise RuntimeError("the first setup fails")
+
+        def frame(self, buffer: bytearray) -> tuple[Any, int] | None:
+            if buffer.startswith(b"!"):
+                raise RuntimeError("framer bug")
+            return super().frame(buffer)
+
+    with hosted(STRATEGIES[strategy](), handler=Fragile) as (reactor, server):
+        with Client(server) as client:
+            assert client.rest() == b""
+        with Client(server) as client:
+            assert client.ask(b"a") == b"A\n"
+            client.send(b"!")
+            assert client.rest() == b""
+        with Client(server) as client:
+            assert client.ask(b"b") == b"B\n"
+        wait_for(lambda: server.events.count("shutdown_request") == 3, timeout=CLIENT_TIMEOUT)
+        assert server.events.count("handle_error") == 2
+        assert [str(exc) for exc in server.errors] == ["the first setup fails", "framer bug"]
+        assert server.events.count("finish") == 2  # only handlers whose setup() succeeded
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_an_overlong_line_gets_the_protocols_error_then_a_close(strategy: str) -> None:
     with hosted(STRATEGIES[strategy]()) as (reactor, server):
         with Client(server) as client:
