@@ -464,7 +464,7 @@ def test_an_overlong_line_gets_the_protocols_error_then_a_close(strategy: str) -
 
 @pytest.mark.parametrize("strategy", [*sorted(STRATEGIES), "blocking"])
 def test_a_client_still_sending_a_huge_line_gets_the_error_not_a_reset(strategy: str) -> None:
-    options = {"keepalive_timeout": 0} if strategy == "blocking" else {}
+    options: dict[str, Any] = {"keepalive_timeout": 0} if strategy == "blocking" else {}
     dispatch = ThreadPool(2) if strategy == "blocking" else STRATEGIES[strategy]()
     class Roomy(Words):
         max_buffer = 32 * 1024 * 1024  # also how much is dropped while lingering
