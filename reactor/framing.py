@@ -411,12 +411,18 @@ class MessageConnections:
             conn.transport.abort()
 
     def detach(self) -> None:
-        """Release what an abort left for the loop to finish (the loop may never run again)."""
+        """Release what an abort left for the loop to finish, even if the loop never runs again."""
         self.abort()
+        running = self.loop.running and not self.loop.closed
         for conn in list(self._connections):
             self._connections.discard(conn)
-            conn.ended = True  # its transport's last callbacks may never run
-            conn.release()
+            conn.ended = True
+            if running:
+                # After the transport's own last callback (queued by abort), which unwatches
+                # its descriptor: closing the socket first would let that unwatch a reused one.
+                self.loop.call_soon(conn.release)
+            else:
+                conn.release()
 
     # -- the TransportOwner duck type ----------------------------------------------
 
