@@ -6,6 +6,9 @@
 * A dispatch strategy, chosen per server, decides where requests run.
 * :class:`Protocol` and :class:`DatagramProtocol` (``Reactor.create_server``)
   serve connections with event callbacks, thousands per thread.
+* Framed message handlers (``socketserver.LineRequestHandler``,
+  ``LengthPrefixedRequestHandler``, ``MessageRequestHandler``) are served a
+  message at a time by the loop, under any dispatch strategy.
 """
 
 from __future__ import annotations

@@ -52,6 +52,14 @@ Rules
    (``reactor.protocol``'s servers) may define ``drain_connections(on_drained)
    -> seconds`` and ``abort_connections()``: leaving then waits for both the
    dispatch and the server, under the longer of their deadlines.
+11. A stream server that could park, and whose handler class offers
+   ``message_connections(hosted, idle_timeout)`` (``reactor.framing``'s
+   framed handlers), runs in *message mode*: after ``verify_request`` each
+   connection is handed to that object (a :class:`MessageMode`), which owns
+   it in the loop and runs each framed message as a :class:`Job` through
+   ``submit_job()``. Leaving waits for it as for rule 10's servers (under
+   the dispatch's deadline, ``DEFAULT_CONNECTION_DRAIN_TIMEOUT`` when the
+   dispatch names none).
 """
 
 from __future__ import annotations
@@ -74,7 +82,8 @@ from .keepalive import DEFAULT_KEEPALIVE_TIMEOUT, KeptConnection, Parking, parki
 from .loop import EventLoop
 
 __all__ = [
-    "Dispatch", "HostedServer", "HostingOptions", "Inline", "Job", "PauseReason", "STATS_GAUGES", "close_parked",
+    "Dispatch", "HostedServer", "HostingOptions", "Inline", "Job", "MessageMode", "PauseReason", "STATS_GAUGES",
+    "close_parked",
     "describe_server", "make_nonblocking", "process_request_safely", "serve_parked",
 ]
 
@@ -91,7 +100,10 @@ DEFAULT_INLINE_IO_TIMEOUT = 30.0
 #: Keys of ``HostedServer.stats()`` that are gauges (how many now), not counters (how many so
 #: far). A topology that sums its processes' stats (``Prefork``) sums these over the live
 #: processes only, and carries every other key over from processes that exited.
-STATS_GAUGES = frozenset({"open", "admitting", "parked"})
+STATS_GAUGES = frozenset({"open", "admitting", "parked", "message_connections"})
+#: Seconds connections kept by the loop (message mode) get to finish when their server leaves,
+#: if the dispatch allows no time of its own (``Inline``).
+DEFAULT_CONNECTION_DRAIN_TIMEOUT = 30.0
 
 
 class PauseReason(str, enum.Enum):
@@ -179,6 +191,10 @@ def process_request_safely(server: Any, request: Any, client_address: Any,
     """
     try:
         if server.verify_request(request, client_address):
+            messages = hosted.messages if hosted is not None else None
+            if messages is not None:
+                messages.take(request, client_address)  # served a message at a time from now on
+                return
             factory = hosted.parking_factory() if hosted is not None else None
             if factory is None:
                 server.process_request(request, client_address)
@@ -271,6 +287,26 @@ class Job(typing.Protocol):
 
     def cancel(self) -> None:
         """The strategy will not run it (the server left before it could): release what it holds."""
+
+
+class MessageMode(typing.Protocol):
+    """The connections of a server served a framed message at a time (rule 11; ``reactor.framing``)."""
+
+    @property
+    def open(self) -> int:
+        """Connections served now."""
+
+    def take(self, request: Any, client_address: Any) -> None:
+        """Serve a verified connection from now on (from the strategy's thread)."""
+
+    def drain(self, on_drained: Callable[[], None]) -> None:
+        """Finish what is in flight, flush, close; ``on_drained()`` in the loop once none is left."""
+
+    def abort(self) -> None:
+        """Close every connection at once."""
+
+    def detach(self) -> None:
+        """Release every connection still held (the server is detached; the loop may not run again)."""
 
 
 class _NextRequest:
@@ -392,7 +428,7 @@ class HostedServer:
         self._calls_service_actions = _overrides(server, "service_actions")
         # Every key from the start (stats() has one shape), and no key added later by another thread.
         self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0, "io_timeouts": 0,
-                        "dispatched": 0, "resumed": 0, "keepalive_expired": 0}
+                        "dispatched": 0, "resumed": 0, "keepalive_expired": 0, "messages": 0, "frame_errors": 0}
         if options.admission.active:
             self._counts.update(dict.fromkeys(ADMISSION_COUNTERS, 0))
         #: One rate limit per cause (an errno, an exception class, "io_timeout") for everything
@@ -401,6 +437,7 @@ class HostedServer:
         self._admission: Admission | None = None
         self._patched_close_request: Callable[[Any], None] | None = None
         self._parking: Parking | None = None
+        self._messages: MessageMode | None = None
         self._io_timeout = self._resolve_io_timeout()
         #: The server's RequestHandlerClass last seen, and its parking variant (one tuple: read from many threads).
         self._parking_variant: tuple[Any, Callable[..., Any] | None] = (None, None)
@@ -425,8 +462,10 @@ class HostedServer:
         datagram replies the peer could not take, exhaustion pauses, handlers
         that hit ``io_timeout``, handler runs handed to the dispatch
         (``dispatched``, of which ``resumed`` were parked connections' next
-        requests), parked connections closed idle (``keepalive_expired``); the
-        gauge ``parked`` (now); with admission, connections admitted and
+        requests and ``messages`` framed messages), parked or message-mode
+        connections closed idle (``keepalive_expired``), input that could not
+        be framed (``frame_errors``); the gauges ``parked`` and
+        ``message_connections`` (now); with admission, connections admitted and
         refused by cause, and the gauges open and admitting now
         (:data:`STATS_GAUGES` names the gauges).
 
@@ -436,7 +475,8 @@ class HostedServer:
         its processes do.
         """
         counts = dict(self._counts, requests=self.requests_taken,
-                      parked=self._parking.parked if self._parking is not None else 0)
+                      parked=self._parking.parked if self._parking is not None else 0,
+                      message_connections=self._messages.open if self._messages is not None else 0)
         if self._options.admission.active:
             admission = self._admission
             counts.update(open=admission.open if admission is not None else 0,
@@ -462,6 +502,19 @@ class HostedServer:
             variant = parking_factory(factory)
             self._parking_variant = (factory, variant)
         return variant
+
+    @property
+    def messages(self) -> MessageMode | None:
+        """This server's message mode (rule 11), or None when its connections are not served that way."""
+        return self._messages
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``key`` of ``stats()`` (one of its keys). Loop thread only."""
+        self._counts[key] += n
+
+    def warn(self, cause: object, message: str, *args: Any) -> None:
+        """Log a warning a client can cause, at most once per 10 s per cause."""
+        self._warnings.warning(cause, message, *args)
 
     def hold(self, conn: KeptConnection) -> None:
         """Park a connection whose handler keeps it after a request (from any thread)."""
@@ -533,24 +586,32 @@ class HostedServer:
             on_drained()
             return 0.0
         drain_connections = getattr(self._server, "drain_connections", None)
-        if drain_connections is None:
+        messages = self._messages
+        if drain_connections is None and messages is None:
             return self._dispatch.begin_drain(self, on_drained)
-        # The server keeps connections of its own (rule 10): drained once both are.
-        waiting = [2]
+        # Connections kept by the server (rule 10) or the loop (rule 11): drained once all are.
+        waiting = [1 + (drain_connections is not None) + (messages is not None)]
 
         def one_drained() -> None:
             waiting[0] -= 1
             if waiting[0] == 0:
                 on_drained()
 
-        dispatch_timeout = self._dispatch.begin_drain(self, one_drained)
-        server_timeout: float = drain_connections(one_drained)
-        return max(dispatch_timeout, server_timeout)
+        timeout = self._dispatch.begin_drain(self, one_drained)
+        if messages is not None:
+            timeout = timeout or DEFAULT_CONNECTION_DRAIN_TIMEOUT
+            messages.drain(one_drained)
+        if drain_connections is not None:
+            server_timeout: float = drain_connections(one_drained)
+            timeout = max(timeout, server_timeout)
+        return timeout
 
     def abort(self) -> None:
         """Give up on requests still in flight (queued ones are closed unserved)."""
         if self._bound:
             self._dispatch.abort(self)
+            if self._messages is not None:
+                self._messages.abort()
             abort_connections = getattr(self._server, "abort_connections", None)
             if abort_connections is not None:
                 abort_connections()
@@ -564,6 +625,8 @@ class HostedServer:
         self._sync_registration()
         if self._parking is not None:
             self._parking.close_all()
+        if self._messages is not None:
+            self._messages.detach()
         if self._claimed and not self.reactor.closed:
             self.reactor.remove_writer(self._fd, owner=self)  # a server's watch_writable()
             self.reactor.release(self._fd, self)
@@ -718,6 +781,8 @@ class HostedServer:
     # -- parking ---------------------------------------------------------------
 
     def _start_parking(self) -> None:
+        """Park connections between requests, or serve them in message mode (rules 9 and 11), if the
+        server, its handler and the strategy allow it."""
         timeout = self._options.admission.keepalive_timeout
         if timeout is None:
             timeout = DEFAULT_KEEPALIVE_TIMEOUT
@@ -728,6 +793,10 @@ class HostedServer:
         strategy = type(self._dispatch)
         if strategy.submit is not Dispatch.submit and strategy.submit_job is Dispatch.submit_job:
             return  # a strategy of its own that knows nothing of parking: next requests would run inline
+        message_connections = getattr(getattr(self._server, "RequestHandlerClass", None), "message_connections", None)
+        if message_connections is not None:
+            self._messages = message_connections(self, timeout)
+            return
         self._parking = Parking(self.reactor, timeout, self._resume_parked, self._close_parked, self._counts)
 
     def _resume_parked(self, conn: KeptConnection) -> None:

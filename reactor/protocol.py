@@ -50,7 +50,7 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol as _TypingProtocol
 
 from ._errors import RequestDropped
 from ._platform import HAS_RECVMSG_TRUNC
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BaseProtocol", "DatagramProtocol", "DatagramServer", "DatagramTransport", "Protocol", "StreamServer",
-    "Transport",
+    "Transport", "TransportOwner",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,20 @@ class DatagramProtocol(BaseProtocol):
         """A send failed (e.g. ECONNREFUSED from an ICMP message), or a reply was dropped."""
 
 
+class TransportOwner(_TypingProtocol):
+    """What a :class:`Transport` reports to: the server that made it (:class:`StreamServer`, or
+    the message mode of ``reactor.framing``)."""
+
+    #: A short name for logs.
+    name: str
+
+    def warn(self, cause: object, message: str, *args: Any) -> None:
+        """Log a warning a client can cause, rate-limited per cause."""
+
+    def transport_ended(self, transport: Transport) -> None:
+        """The transport is closed and ``connection_lost`` was called: release its socket."""
+
+
 class Transport:
     """One stream connection owned by the loop; what a :class:`Protocol` writes to.
 
@@ -146,7 +160,7 @@ class Transport:
                  "_reading", "_started", "_closing", "_lost", "_eof_pending", "_eof_sent", "_protocol_paused",
                  "_writer_registered", "_would_block", "_tls", "_dropped_writes", "__weakref__")
 
-    def __init__(self, loop: EventLoop, sock: socket.socket, protocol: Protocol, server: StreamServer,
+    def __init__(self, loop: EventLoop, sock: socket.socket, protocol: Protocol, server: TransportOwner,
                  client_address: Any) -> None:
         self._loop = loop
         self._sock = sock
@@ -181,8 +195,9 @@ class Transport:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def _start(self) -> None:
-        """Call ``connection_made`` and start reading (unless the protocol paused or closed)."""
+    def start(self) -> None:
+        """Call ``connection_made`` and start reading (unless the protocol paused or closed).
+        Called once, by the owner that made the transport."""
         self._started = True
         try:
             self._protocol.connection_made(self)
@@ -487,7 +502,7 @@ class Transport:
         except Exception:
             logger.exception("%s: %s.connection_lost() raised", self._server.name, type(self._protocol).__name__)
         finally:
-            self._server._transport_ended(self)
+            self._server.transport_ended(self)
 
 
 class StreamServer:
@@ -617,9 +632,10 @@ class StreamServer:
             return
         transport = Transport(loop, sock, protocol, self, client_address)
         self._transports.add(transport)
-        transport._start()
+        transport.start()
 
-    def _transport_ended(self, transport: Transport) -> None:
+    def transport_ended(self, transport: Transport) -> None:
+        """Release a closed connection's socket (called by its transport)."""
         self._transports.discard(transport)
         self.shutdown_request(transport._sock)
         if self._on_drained is not None and not self._transports:

@@ -45,6 +45,11 @@ What differs, on purpose:
   requests, holding no thread (see :mod:`reactor.keepalive`). Without
   ``dispatch``, ``serve_forever()`` keeps the stdlib's one connection per
   handler call unless ``connection_options`` sets ``keepalive_timeout``.
+* Framed message handlers (:class:`MessageRequestHandler`,
+  :class:`LineRequestHandler`, :class:`LengthPrefixedRequestHandler`, and
+  :class:`FrameError`, importable from here; see :mod:`reactor.framing`)
+  are served a message at a time by the loop under the same conditions, and
+  block on their connection, as any handler, otherwise.
 * ``request_queue_size`` (the listen backlog of TCP and Unix stream servers)
   defaults to ``socket.SOMAXCONN`` instead of 5: connections that arrive
   while the loop is busy, or while a full ``ThreadPool`` has paused accepting,
@@ -78,9 +83,14 @@ from .accept import Dispatch, HostedServer, PauseReason, describe_server, proces
 from .admission import AdmissionOptions
 from .binding import UnixSocketPath, bind_socket, family_for_address
 from .hosting import Reactor, Topology
+from .framing import FrameError as FrameError
+from .framing import LengthPrefixedRequestHandler as LengthPrefixedRequestHandler
+from .framing import LineRequestHandler as LineRequestHandler
+from .framing import MessageRequestHandler as MessageRequestHandler
 from .keepalive import RequestLoop as RequestLoop
 
-# Exactly the stdlib's names (reactor's additions, such as RequestLoop, are importable but not starred).
+# Exactly the stdlib's names (reactor's additions, such as RequestLoop and the framed
+# handlers, are importable but not starred).
 __all__ = list(_std.__all__)
 
 logger = logging.getLogger(__name__)

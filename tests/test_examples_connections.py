@@ -1,4 +1,4 @@
-"""The connections examples (examples/connections.py, examples/https.py), in fresh interpreters."""
+"""The connections examples (examples/connections.py, https.py, framed_lines.py), in fresh interpreters."""
 
 from __future__ import annotations
 
@@ -37,3 +37,20 @@ def test_https_example_serves_an_unmodified_handler_over_tls_and_parks_keepalive
         "hello over TLSv1.3",
         "9 requests over 3 connections, 6 of them on parked connections",
     ]
+
+
+FRAMED_EXAMPLE = REPO_ROOT / "examples" / "framed_lines.py"
+
+
+def test_framed_lines_example_serves_50_open_connections_with_4_threads() -> None:
+    result = run_python(FRAMED_EXAMPLE, "--once", timeout=60)
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("listening on tcp4 127.0.0.1:")
+    assert lines[1:] == [
+        "50 connections open at once, 3 rounds of SET and GET each: answered in order",
+        "an overlong line: ERROR line too long (limit 256 bytes); then the connection closed: True",
+        lines[3],
+        "ok",
+    ]
+    assert lines[3].endswith("(of 4), for 50 open connections")

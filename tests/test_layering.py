@@ -45,6 +45,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     ("admission", "keepalive"),
     ("accept",),
     ("protocol",),
+    ("framing",),
     ("hosting",),
     ("dispatch",),
     ("prefork",),
@@ -62,8 +63,9 @@ FORBIDDEN = {
     "binding": {"loop", "accept", "hosting", "socketserver", "dispatch", "prefork"},
     "admission": {"accept", "hosting", "socketserver", "dispatch", "prefork"},
     "keepalive": {"accept", "hosting", "socketserver", "dispatch", "prefork", "admission"},
-    "accept": {"hosting", "socketserver", "dispatch", "prefork", "protocol"},
-    "protocol": {"hosting", "socketserver", "dispatch", "prefork"},
+    "accept": {"hosting", "socketserver", "dispatch", "prefork", "protocol", "framing"},
+    "protocol": {"hosting", "socketserver", "dispatch", "prefork", "framing"},
+    "framing": {"hosting", "socketserver", "dispatch", "prefork"},
     "hosting": {"socketserver", "dispatch", "prefork"},
 }
 
