@@ -234,7 +234,11 @@ class Transport:
         if self._started:
             self._loop.add_reader(self._fd, self._read_ready)
             if self._tls and self._sock.pending():  # type: ignore[attr-defined]
-                self._loop.call_soon(self._read_ready)  # decrypted bytes the selector cannot see
+                self._loop.call_soon(self._read_pending)  # decrypted bytes the selector cannot see
+
+    def _read_pending(self) -> None:
+        if self._reading and not self._closing:  # still wanted a tick after resume_reading()
+            self._read_ready()
 
     def _read_ready(self) -> None:
         sock = self._sock
