@@ -273,8 +273,9 @@ class Transport:
         """True when a TLS read that failed with SSLEOFError met a reset, not a FIN.
 
         OpenSSL 3 names a FIN without close_notify (``UNEXPECTED_EOF_WHILE_READING``,
-        and answers it with an alert) but loses the errno of a reset; older
-        versions name neither. A reset leaves the TCP connection CLOSED where a
+        and answers it with an alert); the ssl module before Python 3.13 loses
+        the errno of a reset (3.13 raises ConnectionResetError), and OpenSSL 1.1
+        names neither. A reset leaves the TCP connection CLOSED where a
         FIN leaves it in CLOSE_WAIT (Linux; on a Unix socket a reset reads as EOF).
         """
         if getattr(exc, "reason", None) is not None or TCP_INFO is None \
