@@ -552,6 +552,7 @@ class StreamServer:
         self._loop: EventLoop | None = None
         self._transports: set[Transport] = set()
         self._on_drained: Callable[[], None] | None = None
+        self._draining = False
         self._warnings = RateLimitedLog(logger)
 
     def __repr__(self) -> str:
@@ -614,6 +615,7 @@ class StreamServer:
     def hosting_started(self, hosted: HostedServer) -> None:
         """Remember the loop that serves the connections."""
         self._loop = hosted.reactor
+        self._draining = False
 
     def hosting_stopped(self, hosted: HostedServer) -> None:
         """Abort whatever a drain left open."""
@@ -625,6 +627,7 @@ class StreamServer:
         Returns:
             ``drain_timeout``.
         """
+        self._draining = True
         if not self._transports:
             on_drained()
             return self.drain_timeout
@@ -643,7 +646,9 @@ class StreamServer:
 
     def _connect(self, sock: socket.socket, client_address: Any) -> None:
         loop = self._loop
-        assert loop is not None
+        if loop is None or self._draining:  # handed over from a worker thread as the server began leaving
+            self.shutdown_request(sock)
+            return
         try:
             sock.setblocking(False)
             protocol = self.protocol_factory()

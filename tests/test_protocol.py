@@ -827,9 +827,11 @@ def test_proxy_v1_header_gives_the_client_address_and_the_proxy_address(pki: Any
 
 # ------------------------------------------------------------------ admission and counters
 
-def test_access_rules_refuse_before_any_protocol_is_made(tcp_env: Env) -> None:
+@pytest.mark.parametrize("rule", ["deny", "allow"])
+def test_access_rules_refuse_before_any_protocol_is_made(tcp_env: Env, rule: str) -> None:
     loopback = "127.0.0.0/8" if tcp_env.family == "tcp4" else "::1/128"
-    server = tcp_env.serve(Echo, deny=[loopback])
+    others = "192.0.2.0/24" if tcp_env.family == "tcp4" else "2001:db8::/32"
+    server = tcp_env.serve(Echo, **({"deny": [loopback]} if rule == "deny" else {"allow": [others]}))
     client = tcp_env.connect()
     assert recv_all(client) == b""
     wait_for(lambda: tcp_env.reactor.server_stats(server)["refused_by_rule"] == 1, timeout=CLIENT_TIMEOUT)
@@ -995,7 +997,7 @@ from support import reactor_thread, wait_for
 from pki import make_pki
 from pathlib import Path
 
-family, use_tls, workdir = sys.argv[1], sys.argv[2] == "tls", sys.argv[3]
+family, use_tls, workdir, threads = sys.argv[1], sys.argv[2] == "tls", sys.argv[3], int(sys.argv[4])
 PAYLOAD = bytes(range(256)) * 4096
 
 class Echo(Protocol):
@@ -1019,7 +1021,7 @@ if use_tls:
     options["ssl_context"] = server_context
 address = ("127.0.0.1", 0) if family == "tcp4" else os.path.join(workdir, "s")
 reactor = Reactor()
-server = reactor.create_server(Echo, address, dispatch=Prefork(2, graceful_timeout=10), **options)
+server = reactor.create_server(Echo, address, dispatch=Prefork(2, graceful_timeout=10, threads=threads), **options)
 
 def connect(rcvbuf=None):
     sock = socket.socket(server.socket.family, socket.SOCK_STREAM)
@@ -1071,9 +1073,11 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("family,tls", [("tcp4", False), ("unix", True)], ids=["tcp4-plain", "unix-tls"])
-def test_prefork_serves_protocols_in_worker_processes(family: str, tls: bool, unix_dir: str) -> None:
-    result = run_python(PREFORK_SCRIPT, family, "tls" if tls else "plain", unix_dir, timeout=60)
+@pytest.mark.parametrize("family,tls,threads", [("tcp4", False, 0), ("unix", True, 0), ("tcp4", False, 2)],
+                         ids=["tcp4-plain", "unix-tls", "tcp4-plain-threads"])
+def test_prefork_serves_protocols_in_worker_processes(family: str, tls: bool, threads: int, unix_dir: str) -> None:
+    # With threads, a worker's pool thread takes each connection and hands it to the worker's loop.
+    result = run_python(PREFORK_SCRIPT, family, "tls" if tls else "plain", unix_dir, str(threads), timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "ok", result.stdout + result.stderr
     assert "boom" in result.stderr  # the worker logged the callback that raised
