@@ -404,6 +404,22 @@ def test_pause_reading_in_connection_made_is_honoured_until_resumed(env: Env) ->
     wait_for(lambda: bytes(protocol.received) == b"earlylater", timeout=CLIENT_TIMEOUT)
 
 
+def test_an_eof_that_arrives_while_reading_is_paused_waits_for_resume(env: Env) -> None:
+    env.serve(PausedAtOnce)
+    client = env.connect()
+    protocol = env.protocol()
+    client.sendall(b"then eof")
+    shut_write(client)
+    for _ in range(3):
+        env.in_loop(lambda: None)
+    assert protocol.names == ["made"]
+    assert protocol.transport is not None
+    env.in_loop(protocol.transport.resume_reading)
+    wait_for(lambda: protocol.lost, timeout=CLIENT_TIMEOUT)
+    assert bytes(protocol.received) == b"then eof"
+    assert protocol.names[-2:] == ["eof", "lost"]
+
+
 class PauseAfterFirstByte(Recorder):
     """Pauses reading inside data_received: nothing more is delivered in that read loop."""
 
