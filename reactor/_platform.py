@@ -17,6 +17,8 @@ __all__ = [
     "HAS_RECVMSG_TRUNC",
     "HAS_FORK",
     "HAS_UNIX_SOCKETS",
+    "TCP_INFO",
+    "TCP_STATE_CLOSE",
     "available_selectors",
     "pidfd_available",
     "ipv6_loopback_available",
@@ -34,6 +36,12 @@ HAS_FORK: bool = hasattr(os, "fork")
 #: ``recvmsg_into`` reports ``MSG_TRUNC`` in the message flags, so a datagram
 #: larger than the buffer is detected instead of silently cut.
 HAS_RECVMSG_TRUNC: bool = hasattr(socket.socket, "recvmsg_into") and hasattr(socket, "MSG_TRUNC")
+
+#: Linux's ``TCP_INFO`` socket option, whose first byte is the connection's state
+#: (``TCP_STATE_CLOSE`` once a reset ended it, ``CLOSE_WAIT`` after an orderly FIN);
+#: None elsewhere. It tells a reset from an EOF where OpenSSL reports both as EOF.
+TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+TCP_STATE_CLOSE = 7
 
 
 def _can_use(selector_class: type[selectors.BaseSelector]) -> bool:

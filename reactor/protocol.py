@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol as _TypingProtocol
 
 from ._errors import RequestDropped
-from ._platform import HAS_RECVMSG_TRUNC
+from ._platform import HAS_RECVMSG_TRUNC, TCP_INFO, TCP_STATE_CLOSE
 from ._ratelimit import RateLimitedLog
 from .admission import request_info
 from .binding import UnixSocketPath, create_server_socket, describe_address
@@ -71,9 +71,9 @@ logger = logging.getLogger(__name__)
 
 #: Default write-buffer marks (asyncio's): pause the producer above 64 KiB, resume at 16 KiB.
 DEFAULT_HIGH_WATER = 64 * 1024
-#: Most bytes asked of one ``recv``. Not asyncio's 256 KiB: glibc serves an allocation that
-#: large with mmap, and recv() then pays mmap + mremap + munmap for every small read (measured:
-#: 30 us per small send+recv pair on a socketpair, against 4 us at 64 KiB).
+#: Most bytes asked of one ``recv``. Kept below glibc's mmap threshold (128 KiB): ``recv(n)``
+#: allocates n bytes before it shrinks them to what arrived, and at 256 KiB (asyncio's size)
+#: each call paid an mmap/munmap pair, about 14 us, five times the cost of the system call.
 MAX_READ = 64 * 1024
 #: Most reads per readiness event (each only when the previous one filled the buffer).
 READS_PER_EVENT = 16
@@ -184,6 +184,9 @@ class Transport:
         self._tls = ssl is not None and isinstance(sock, ssl.SSLSocket)
         if self._tls:
             assert ssl is not None
+            # An EOF without close_notify raises SSLEOFError instead of reading as b"": how
+            # it was raised tells a peer's FIN from its reset (see _read_ready).
+            sock.suppress_ragged_eofs = False  # type: ignore[attr-defined]
             self._would_block: tuple[type[BaseException], ...] = (
                 BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
         else:
@@ -246,7 +249,11 @@ class Transport:
         if self._started:
             self._loop.add_reader(self._fd, self._read_ready)
             if self._tls and self._sock.pending():  # type: ignore[attr-defined]
-                self._loop.call_soon(self._read_ready)  # decrypted bytes the selector cannot see
+                self._loop.call_soon(self._read_pending)  # decrypted bytes the selector cannot see
+
+    def _read_pending(self) -> None:
+        if self._reading and not self._closing:  # still wanted a tick after resume_reading()
+            self._read_ready()
 
     def _read_ready(self) -> None:
         sock = self._sock
@@ -257,11 +264,13 @@ class Transport:
             except self._would_block:
                 return
             except OSError as exc:
-                if self._tls and type(exc).__name__ == "SSLEOFError":
-                    data = b""  # the peer closed without close_notify: an EOF all the same
-                else:
+                if not (self._tls and type(exc).__name__ == "SSLEOFError"):
                     self._fatal(exc)
                     return
+                if self._was_reset(exc):
+                    self._fatal(ConnectionResetError(errno.ECONNRESET, "connection reset by peer"))
+                    return
+                data = b""  # the peer closed without close_notify: an EOF all the same
             if not data:
                 self._eof_received()
                 return
@@ -274,6 +283,24 @@ class Transport:
                 return
             if len(data) < MAX_READ and not (self._tls and sock.pending()):  # type: ignore[attr-defined]
                 return  # the kernel had no more: don't pay for an EAGAIN
+
+    def _was_reset(self, exc: OSError) -> bool:
+        """True when a TLS read that failed with SSLEOFError met a reset, not a FIN.
+
+        OpenSSL 3 names a FIN without close_notify (``UNEXPECTED_EOF_WHILE_READING``,
+        and answers it with an alert); the ssl module before Python 3.13 loses
+        the errno of a reset (3.13 raises ConnectionResetError), and OpenSSL 1.1
+        names neither. A reset leaves the TCP connection CLOSED where a
+        FIN leaves it in CLOSE_WAIT (Linux; on a Unix socket a reset reads as EOF).
+        """
+        if getattr(exc, "reason", None) is not None or TCP_INFO is None \
+                or self._sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        try:
+            state = self._sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 1)
+        except OSError:
+            return False
+        return state[0] == TCP_STATE_CLOSE
 
     def _eof_received(self) -> None:
         self._loop.remove_reader(self._fd)
@@ -467,7 +494,7 @@ class Transport:
         self._force_close(exc)
 
     def _fatal(self, exc: OSError) -> None:
-        if exc.errno in _PEER_GONE:
+        if exc.errno in _PEER_GONE or type(exc).__name__ == "SSLEOFError":
             logger.debug("%r: %s", self, exc)
         else:
             self._server.warn(type(exc).__name__, "%s: connection %r failed: %s", self._server.name, self, exc)
@@ -486,6 +513,15 @@ class Transport:
             self._loop.call_soon(self._finish, exc)
         elif not self._lost:
             self._loop.call_soon(self._finish, exc)
+
+    def _abort_now(self) -> None:
+        """Abort and call ``connection_lost(None)`` before returning (the server is leaving:
+        no later tick may run)."""
+        if self._lost:
+            return
+        self._buffer.clear()
+        self._closing = True
+        self._finish(None)
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._lost:
@@ -531,6 +567,7 @@ class StreamServer:
         self._loop: EventLoop | None = None
         self._transports: set[Transport] = set()
         self._on_drained: Callable[[], None] | None = None
+        self._draining = False
         self._warnings = RateLimitedLog(logger)
 
     def __repr__(self) -> str:
@@ -593,11 +630,11 @@ class StreamServer:
     def hosting_started(self, hosted: HostedServer) -> None:
         """Remember the loop that serves the connections."""
         self._loop = hosted.reactor
+        self._draining = False
 
     def hosting_stopped(self, hosted: HostedServer) -> None:
         """Abort whatever a drain left open."""
-        for transport in list(self._transports):
-            transport.abort()
+        self.abort_connections()
 
     def drain_connections(self, on_drained: Callable[[], None]) -> float:
         """Close every connection once its buffer is flushed; ``on_drained()`` when none is left.
@@ -605,6 +642,7 @@ class StreamServer:
         Returns:
             ``drain_timeout``.
         """
+        self._draining = True
         if not self._transports:
             on_drained()
             return self.drain_timeout
@@ -614,15 +652,18 @@ class StreamServer:
         return self.drain_timeout
 
     def abort_connections(self) -> None:
-        """Abort every connection at once (the drain deadline passed)."""
+        """Abort every connection at once (the drain deadline passed): each one's
+        ``connection_lost(None)`` runs before this returns."""
         for transport in list(self._transports):
-            transport.abort()
+            transport._abort_now()
 
     # -- connections ------------------------------------------------------------------
 
     def _connect(self, sock: socket.socket, client_address: Any) -> None:
         loop = self._loop
-        assert loop is not None
+        if loop is None or self._draining:  # handed over from a worker thread as the server began leaving
+            self.shutdown_request(sock)
+            return
         try:
             sock.setblocking(False)
             protocol = self.protocol_factory()
