@@ -1298,7 +1298,7 @@ exit status: 0, 1 if the address does not answer, 2 for bad arguments.
     parser.add_argument("--watch", "-w", metavar="SECONDS", nargs="?", const=2.0, type=_positive(float),
                         help="refresh every SECONDS (default 2) until interrupted")
     parser.add_argument("--count", "-n", metavar="N", type=_positive(int),
-                        help="with --watch: stop after N views")
+                        help="stop after N views (implies --watch)")
     parser.add_argument("--json", action="store_true", help="print /stats as JSON (one line per view)")
     parser.add_argument("--timeout", metavar="SECONDS", type=_positive(float), default=5.0,
                         help="how long one request may take (default 5)")
@@ -1320,6 +1320,8 @@ def stats_main(argv: Sequence[str]) -> int:
         return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    if options.count is not None and options.watch is None:
+        options.watch = 2.0  # --count N alone: N views, 2 s apart
     count = options.count if options.watch is not None else 1
     clear = options.watch is not None and not options.json and sys.stdout.isatty()
     previous: dict[str, Any] | None = None
