@@ -476,6 +476,8 @@ def render_metrics(snapshot: dict[str, Any]) -> str:
                 "max_connections, out of descriptors), else 0.", 1 if state == "paused" else 0, labels)
         out.add("reactor_server_draining", "gauge", "1 while the server is leaving, else 0.",
                 1 if state == "draining" else 0, labels)
+        out.add("reactor_server_active", "gauge", "Requests or connections in flight now (connections open, "
+                "requests running on a thread pool, a protocol server's connections).", server.get("active"), labels)
         for key, value in server.get("counters", {}).items():
             out.add(f"reactor_server_{key}_total", "counter", _HELP.get(key, f"{key} (Reactor.server_stats())."),
                     value, labels)
@@ -532,19 +534,14 @@ _ERROR_KEYS = ("dropped", "exhausted", "io_timeouts", "replies_lost", "proxy_err
 
 
 def _cells(server: dict[str, Any], previous: dict[str, Any] | None, elapsed: float | None) -> list[str]:
-    counters, gauges, pool = server.get("counters", {}), server.get("gauges", {}), server.get("pool") or {}
+    counters = server.get("counters", {})
     requests = counters.get("requests", 0)
     rate = "-"
     if previous is not None and elapsed:
         before = previous.get("counters", {}).get("requests")
         if isinstance(before, int) and requests >= before:
             rate = f"{(requests - before) / elapsed:.1f}"
-    if "open" in gauges:
-        active = str(gauges["open"])
-    elif "running" in pool:
-        active = str(pool["running"])
-    else:
-        active = "-"
+    active = str(server["active"]) if server.get("active") is not None else "-"
     refused = (str(counters.get("refused_by_rule", 0) + counters.get("refused_by_limit", 0))
                if "refused_by_rule" in counters else "-")
     errors = sum(counters.get(key, 0) for key in _ERROR_KEYS)

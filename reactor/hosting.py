@@ -485,6 +485,10 @@ class Reactor(EventLoop):
           - ``state``: ``serving``, ``paused`` (see ``paused``: why the
             listener is out of the selector, e.g. ``saturated``,
             ``max_connections``, ``exhausted``) or ``draining`` (leaving).
+          - ``active``: requests or connections in flight now, as well as the
+            strategy knows: connections open (with connection options),
+            requests running on a thread pool, a protocol server's
+            connections; None where nobody counts them.
           - ``counters`` and ``gauges``: every key of ``server_stats()``
             (gauges named by ``accept.STATS_GAUGES``), integers.
           - ``accept_errors``: errors met while taking requests, by errno name
@@ -497,8 +501,10 @@ class Reactor(EventLoop):
             ``pool_stats()`` (for ``Prefork``: workers, pids, ready, arbiter,
             spawned, restarts, last_exit), or None.
 
-        Returns at once, from the loop's thread: it never waits for another
-        thread or process.
+        Returns at once: it never waits for another thread or process.
+
+        Thread-safety: call it from the loop's thread (a callback, a handler
+        run inline, or ``call_soon_threadsafe`` from elsewhere).
         """
         entries: list[tuple[Attachment, str]] = [(a, "hosted") for a in self._attachments.values()]
         entries += [(d.attachment, "draining") for d in self._departing]
@@ -646,6 +652,12 @@ def _server_snapshot(attachment: Attachment, *, draining: bool) -> dict[str, Any
             truncated = count
     numbers = {key: value for key, value in counts.items()
                if isinstance(value, int) and not isinstance(value, bool) and key not in (pool or {})}
+    active: int | None = numbers.get("open")
+    if active is None and pool is not None and isinstance(pool.get("running"), int):
+        active = pool["running"]
+    transports = getattr(server, "transports", None)
+    if active is None and isinstance(transports, (set, frozenset)):
+        active = len(transports)
     if draining or "draining" in paused:
         state = "draining"
     elif paused:
@@ -653,7 +665,7 @@ def _server_snapshot(attachment: Attachment, *, draining: bool) -> dict[str, Any
     else:
         state = "serving"
     snapshot.update(
-        state=state, paused=[reason for reason in paused if reason != "draining"],
+        state=state, paused=[reason for reason in paused if reason != "draining"], active=active,
         counters={key: value for key, value in numbers.items() if key not in STATS_GAUGES},
         gauges={key: value for key, value in numbers.items() if key in STATS_GAUGES},
         accept_errors=accept_errors, truncated_datagrams=truncated, pool=pool)

@@ -203,7 +203,7 @@ def test_stats_and_metrics_count_what_clients_did() -> None:
         assert (tcp["family"], tcp["type"], tcp["host"], tcp["state"]) == ("inet", "stream", "127.0.0.1", "serving")
         assert tcp["address"] == f"tcp4 127.0.0.1:{address[1]}"
         assert tcp["strategy"].startswith("ThreadPool(max_workers=2")
-        assert tcp["gauges"]["open"] == 0 and tcp["pool"]["done"] == requests
+        assert tcp["gauges"]["open"] == 0 and tcp["active"] == 0 and tcp["pool"]["done"] == requests
         assert tcp["truncated_datagrams"] is None
         udp = server_at(stats, datagram["port"])
         assert (udp["family"], udp["type"], udp["strategy"]) == ("inet", "datagram", "Inline()")
@@ -281,7 +281,7 @@ def test_health_is_503_while_draining_and_the_admin_answers_until_the_drain_ends
             stats = get_json(admin, "/stats")[1]
             assert stats["state"] == "draining"
             (server,) = stats["servers"]  # still listed while it drains
-            assert server["state"] == "draining" and server["pool"]["running"] == 1
+            assert server["state"] == "draining" and server["pool"]["running"] == 1 and server["active"] == 1
             metrics = parse_metrics(fetch(admin, "/metrics", timeout=EVENT_TIMEOUT)[1].decode())
             assert metrics["reactor_ready"] == [({}, 0.0)]
             assert metrics["reactor_server_draining"][0][1] == 1.0
@@ -442,6 +442,7 @@ def test_label_values_are_escaped(unix_dir: str) -> None:
     path = f'{unix_dir}/q"b\\s\nx.sock'
     with Reactor() as reactor:
         reactor.create_server(Protocol, path)
+        assert reactor.stats()["servers"][0]["active"] == 0  # a protocol server counts its connections
         metrics = parse_metrics(render_metrics(reactor.stats()))
         ((labels, value),) = metrics["reactor_server_requests_total"]
         assert labels == {"server": f"unix {path}", "family": "unix", "type": "stream"} and value == 0
