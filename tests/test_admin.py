@@ -17,6 +17,7 @@ import socketserver
 import stat
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -496,3 +497,37 @@ def test_the_admin_server_answers_on_an_embedding_reactor_and_never_blocks_on_a_
         admin.close()
     assert listener.fileno() == -1
     assert "health: 200 ok" in render_view({"servers": []})
+
+
+def test_a_server_leaving_in_the_background_is_listed_as_draining() -> None:
+    from reactor.dispatch import ThreadPool
+
+    started, release = threading.Event(), threading.Event()
+
+    class Held(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            started.set()
+            release.wait(EVENT_TIMEOUT)
+
+    with Reactor() as reactor:
+        server = rsocketserver.TCPServer(("127.0.0.1", 0), Held)
+        address: Any = server.server_address
+        reactor.add_server(server, ThreadPool(1))
+        try:
+            with socket.create_connection(address, timeout=EVENT_TIMEOUT) as client:
+                reactor.run_until(lambda: reactor.server_stats(server)["requests"] == 1, EVENT_TIMEOUT)
+                assert started.wait(EVENT_TIMEOUT)  # on the pool's thread (it does not wake the loop)
+                removed: list[bool] = []
+                reactor.call_soon(lambda: reactor.remove_server(server, on_removed=lambda: removed.append(True)))
+                reactor.run_once(0)
+                assert reactor.servers == []
+                (entry,) = reactor.stats()["servers"]
+                assert entry["state"] == "draining" and entry["active"] == 1
+                assert health(reactor.stats())["reasons"] == [f"tcp4 127.0.0.1:{address[1]}: draining"]
+                release.set()
+                reactor.run_until(lambda: bool(removed), EVENT_TIMEOUT)
+                assert reactor.stats()["servers"] == []
+                assert client.recv(1) == b""
+        finally:
+            release.set()
+            server.server_close()
