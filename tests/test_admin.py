@@ -316,6 +316,34 @@ def test_prefork_pools_report_workers_restarts_and_the_last_exit() -> None:
         assert running.stop() == 0
 
 
+def test_health_is_503_while_starting_until_every_worker_booted(unix_dir: str) -> None:
+    gate = f"{unix_dir}/gate"
+    os.mkfifo(gate)
+    with Running(["--admin", "tcp://127.0.0.1:0", "cli_apps:gated_server", "--bind", "tcp://127.0.0.1:0",
+                  "--dispatch", "prefork:1"], env={"REACTOR_TEST_GATE": gate}) as running:
+        admin = admin_of(running)
+        opened: list[int] = []
+        try:
+            verdict = health_until(admin, 503)  # the worker waits at the gate: not ready
+            assert verdict["state"] == "starting" and "starting" in verdict["reasons"]
+            assert any(reason.endswith(": no ready worker") for reason in verdict["reasons"])
+            assert get_json(admin, "/stats")[1]["state"] == "starting"
+
+            def open_gate() -> bool:
+                try:
+                    opened.append(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:  # ENXIO: the worker has not opened it yet
+                    return False
+                return True
+            wait_for(open_gate, timeout=POLL_TIMEOUT, interval=0.02, message="the worker never reached the gate")
+        finally:
+            for fd in opened:
+                os.close(fd)
+        running.ready()
+        assert health_until(admin, 200)["state"] == "ready"
+        assert running.stop() == 0
+
+
 def test_a_non_loopback_admin_address_is_refused_unless_public() -> None:
     for url in ("tcp://0.0.0.0:9100", "tcp://[::]:9100", "tcp://example.com:9100", "unix://@reactor-admin"):
         result = subprocess.run([sys.executable, "-m", "reactor", "--admin", url, "cli_apps:EchoHandler"],
