@@ -1285,13 +1285,14 @@ def _stats_parser() -> argparse.ArgumentParser:
         description="Show the statistics of a running reactor command, read from its --admin address.",
         epilog=f"""\
 examples:
-  {PROG} stats tcp://127.0.0.1:9100              once
-  {PROG} stats unix:///run/myapp/admin.sock --watch   every 2 seconds until Ctrl-C
-  {PROG} stats tcp://127.0.0.1:9100 --watch 1 --count 10
+  {PROG} stats tcp://127.0.0.1:9100                      # once
+  {PROG} stats unix:///run/myapp/admin.sock --watch      # every 2 seconds until Ctrl-C
+  {PROG} stats tcp://127.0.0.1:9100 --watch 1 --count 10 # 10 views, 1 second apart
 
-columns: REQUESTS taken so far, REQ/S between two frames (--watch), ACTIVE
-connections open (or requests running on a thread pool), REFUSED by --allow/--deny
-or limits, ERRORS (dropped, timeouts, TLS/PROXY failures, exhaustion pauses).
+columns: REQUESTS taken so far; REQ/S between two views (--watch); ACTIVE
+connections open, requests running on a thread pool or a protocol server's
+connections (- where nobody counts them); REFUSED by --allow/--deny or limits;
+ERRORS: dropped, timeouts, TLS and PROXY failures, exhaustion pauses.
 exit status: 0, 1 if the address does not answer, 2 for bad arguments.
 """)
     parser.add_argument("address", metavar="URL", help="the command's --admin: tcp://HOST:PORT or unix:///PATH")
