@@ -367,6 +367,30 @@ def test_the_unix_admin_socket_is_for_its_owner_only(unix_dir: str) -> None:
     assert not os.path.exists(admin_path)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_after_user_the_admin_socket_belongs_to_that_user_and_nobody_else_connects(unix_dir: str) -> None:
+    import pwd
+
+    nobody, daemon = pwd.getpwnam("nobody"), pwd.getpwnam("daemon")
+    os.chmod(unix_dir, 0o1777)  # like /tmp: the user the command becomes removes its own files
+    admin_path = f"{unix_dir}/admin.sock"
+    # Started as root (the interpreter may be unreadable to others), it becomes the user, then connects.
+    probe = ("import os, socket, sys\nos.setgroups([])\nos.setgid(int(sys.argv[3]))\nos.setuid(int(sys.argv[2]))\n"
+             "s = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n"
+             "except PermissionError:\n    print('refused')\nelse:\n    print('connected')\n")
+    with Running(["--user", "nobody", "--admin", f"unix://{admin_path}", "cli_apps:EchoHandler", "--bind",
+                  "tcp://127.0.0.1:0"]) as running:
+        running.ready()
+        info = os.stat(admin_path)
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (nobody.pw_uid, 0o600)
+        for user, expected in ((nobody, "connected"), (daemon, "refused")):
+            result = subprocess.run([sys.executable, "-c", probe, admin_path, str(user.pw_uid), str(user.pw_gid)],
+                                    capture_output=True, text=True, timeout=EVENT_TIMEOUT)
+            assert result.stdout.strip() == expected, (user.pw_name, result.stderr)
+        assert running.stop() == 0
+    assert not os.path.exists(admin_path)
+
+
 def test_an_admin_address_in_use_fails_cleanly(unix_dir: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
