@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._platform import HAS_UNIX_SOCKETS
 from ._procinfo import process_info
 from ._timers import TimerHandle
 from .accept import STATS_GAUGES, Dispatch, HostedServer, HostingOptions, Inline, describe_server
@@ -673,7 +674,7 @@ def _server_snapshot(attachment: Attachment, *, draining: bool) -> dict[str, Any
 
 
 _FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
-if hasattr(socket, "AF_UNIX"):
+if HAS_UNIX_SOCKETS:
     _FAMILIES[socket.AF_UNIX] = "unix"
 
 
