@@ -431,6 +431,9 @@ class HostedServer:
                         "dispatched": 0, "resumed": 0, "keepalive_expired": 0, "messages": 0, "frame_errors": 0}
         if options.admission.active:
             self._counts.update(dict.fromkeys(ADMISSION_COUNTERS, 0))
+        #: Requests lost while taking them (``dropped``) and exhaustion pauses, by errno name
+        #: (``ECONNABORTED``, ``EMFILE``) or, without an errno, by exception class.
+        self._accept_errors: dict[str, int] = {}
         #: One rate limit per cause (an errno, an exception class, "io_timeout") for everything
         #: a client can make this server warn about.
         self._warnings = RateLimitedLog(logger)
@@ -482,6 +485,21 @@ class HostedServer:
             counts.update(open=admission.open if admission is not None else 0,
                           admitting=admission.pending if admission is not None else 0)
         return counts
+
+    @property
+    def accept_errors(self) -> dict[str, int]:
+        """Errors met while taking requests, counted by errno name (``ECONNABORTED``, ``EMFILE``),
+        or by exception class when they have no errno (a failed TLS handshake: ``SSLError``)."""
+        return dict(self._accept_errors)
+
+    @property
+    def pause_reasons(self) -> frozenset[str]:
+        """Why the listener is out of the selector now (:class:`PauseReason` values); empty while reading."""
+        return frozenset(self._pause_reasons)
+
+    def _count_accept_error(self, exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno, type(exc).__name__) if exc.errno is not None else type(exc).__name__
+        self._accept_errors[name] = self._accept_errors.get(name, 0) + 1
 
     @property
     def keepalive_timeout(self) -> float | None:
@@ -817,6 +835,7 @@ class HostedServer:
         # handshake that fails is worth a (rate-limited) word: a context with
         # no usable certificate would otherwise drop every client silently.
         self._counts["dropped"] += 1
+        self._count_accept_error(exc)
         if not isinstance(exc, RequestDropped) and (exc.errno is None or type(exc).__module__ == "ssl"):
             self._warnings.warning(type(exc).__name__, "%s: dropped a connection while taking it: %s (%d dropped so far)",
                                 self.name, exc, self._counts["dropped"])
@@ -828,6 +847,7 @@ class HostedServer:
                 "(connections wait in the kernel backlog)", self.name, exc.strerror or exc)
         self._exhaustion_retries += 1
         self._counts["exhausted"] += 1
+        self._count_accept_error(exc)
         self.pause(PauseReason.EXHAUSTED)
         self._retry = self.reactor.call_later(self._backoff, self._retry_after_exhaustion)
         self._backoff = min(self._backoff * 2, EXHAUSTION_BACKOFF_MAX)

@@ -40,6 +40,13 @@ Prefork pool; new workers re-import the handler's module from disk when its
 source changed, so new code serves without a dropped connection. TTIN/TTOU:
 one Prefork worker more/fewer in every pool. USR1: reopen ``--log-file``.
 
+Statistics
+----------
+``--admin URL`` serves ``/stats`` (JSON), ``/metrics`` (Prometheus) and
+``/health`` (200 ready; 503 starting, draining or saturated) from the same
+loop (``reactor.admin``); it keeps answering while the servers drain.
+``reactor stats URL [--watch [SECONDS]]`` shows them to a person.
+
 Library code below this module never exits the process: only :func:`main`
 turns errors into exit statuses.
 """
@@ -63,11 +70,13 @@ import socketserver as std_socketserver
 import ssl
 import stat
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import socketserver as rsocketserver
 from .access import AccessRules
+from .admin import AdminAddress, AdminServer, bind_admin, fetch, health, parse_admin_url, render_view
 from .admission import AdmissionOptions
 from .binding import UnixSocketPath, create_server_socket, describe_address
 from .dispatch import Dispatch, Inline, ThreadPool
@@ -230,6 +239,10 @@ examples:
   {PROG} myapp:WebHandler --bind tcp://0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem \\
       --proxy-protocol v2 --proxy-trusted 10.0.0.0/8 --max-connections 1000 --io-timeout 30
 
+  # Statistics for people and for Prometheus on a loopback port, then a live view of them:
+  {PROG} myapp:WebHandler --bind tcp://0.0.0.0:8080 --dispatch threads:8 --admin tcp://127.0.0.1:9100
+  {PROG} stats tcp://127.0.0.1:9100 --watch
+
   # Under systemd (a .socket unit passes the listener; Type=notify gets READY=1):
   {PROG} myapp:WebHandler --bind systemd://web --dispatch prefork:4 --log-format json
 
@@ -337,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument("--chdir", metavar="DIR", help="change to this directory before importing SPEC")
     process.add_argument("--app-dir", metavar="DIR",
                          help="import SPEC from this directory (default: the working directory)")
+    process.add_argument("--admin", metavar="URL",
+                         help="serve statistics over HTTP here: tcp://127.0.0.1:PORT or unix:///PATH (mode 0600); "
+                              "GET /stats (JSON), /metrics (Prometheus), /health (200 ready, 503 starting, "
+                              "draining or saturated); read it with: reactor stats URL")
+    process.add_argument("--admin-public", action="store_true",
+                         help="allow --admin on a non-loopback TCP address or an abstract Unix name "
+                              "(anyone who reaches it reads the statistics)")
     process.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _add_server_options(parser)
     return parser
@@ -419,6 +439,7 @@ class Config:
     pid_file: str | None
     chdir: str | None
     app_dir: str | None
+    admin: AdminAddress | None = None
 
 
 def parse_command_line(argv: Sequence[str]) -> Config:
@@ -443,13 +464,19 @@ def parse_command_line(argv: Sequence[str]) -> Config:
             raise UsageError("give a SPEC to serve (module:attr), e.g. http.server:SimpleHTTPRequestHandler")
         raise UsageError("the first server needs a SPEC too: SPEC [OPTIONS] --serve SPEC [OPTIONS]")
     servers = [_server_config(namespace, index) for index, namespace in enumerate(groups)]
+    admin = None
+    if first.admin is not None:
+        try:
+            admin = parse_admin_url(first.admin, public=first.admin_public)
+        except ValueError as exc:
+            raise UsageError(f"--admin {exc}") from None
     if first.user is not None:
         _user_ids(first.user, first.group)
     elif first.group is not None:
         _group_id(first.group)
     return Config(servers=servers, log_level=first.log_level, log_format=first.log_format, log_file=first.log_file,
                   user=first.user, group=first.group, pid_file=first.pid_file, chdir=first.chdir,
-                  app_dir=first.app_dir)
+                  app_dir=first.app_dir, admin=admin)
 
 
 def _server_config(namespace: argparse.Namespace, index: int) -> ServerConfig:
@@ -891,6 +918,7 @@ class Command:
         self.hosted: list[Hosted] = []
         self.listeners: list[Listener] = []
         self.pid_file_written = False
+        self.admin: AdminServer | None = None
         self._reload_pending: dict[int, set[int]] | None = None
         self._ready = False
         self._stopping = False
@@ -958,6 +986,8 @@ class Command:
                     raise StartupError(f"{spec.spec} on {listener.description}: {exc!r}") from exc
                 self.hosted.append(Hosted(server_config, listener, server, _make_dispatch(server_config, server),
                                           context))
+        if config.admin is not None:
+            self._bind_admin(config.admin)
         if config.pid_file is not None:
             self._write_pid_file(config.pid_file)
         if config.user is not None or config.group is not None:
@@ -975,6 +1005,49 @@ class Command:
                 raise StartupError(f"{hosted.config.spec} on {hosted.listener.description}: {exc}") from exc
             logger.info("serving %s on %s (%s)", hosted.config.spec, hosted.listener.description,
                         hosted.config.dispatch, extra=self._listening_fields(hosted))
+        if self.admin is not None:
+            self.admin.start()
+
+    def _bind_admin(self, address: AdminAddress) -> None:
+        """Bind ``--admin`` (not started: ``_start`` starts it once the servers are hosted)."""
+        assert self.reactor is not None
+        try:
+            sock, unix_path = bind_admin(address)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"--admin {address.url}: {exc}") from None
+        self.admin = AdminServer(self.reactor, sock, self.snapshot, unix_path=unix_path)
+        where = sock.getsockname()
+        fields: dict[str, Any] = {"event": "admin", "url": address.url}
+        if isinstance(where, tuple):
+            fields["host"], fields["port"] = where[0], where[1]
+        else:
+            fields["path"] = address.address
+        shown = f"{where[0]}:{where[1]}" if isinstance(where, tuple) else address.url
+        logger.info("statistics on %s: GET /stats, /metrics, /health", shown, extra=fields)
+
+    def state(self) -> str:
+        """``starting`` (until every server listens and every Prefork worker booted), ``ready``,
+        ``reloading`` (SIGHUP: old workers serve until new ones are ready), ``draining`` (stopping)."""
+        if self._stopping:
+            return "draining"
+        if not self._ready:
+            return "starting"
+        return "reloading" if self._reload_pending is not None else "ready"
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``--admin``'s ``/stats`` serves: ``Reactor.stats()``, the command's ``state``, the
+        ``health`` verdict (``reactor.admin.health``) and the admin endpoint's own ``admin`` numbers."""
+        assert self.reactor is not None
+        document: dict[str, Any] = {"state": self.state(), **self.reactor.stats()}
+        document["health"] = health(document)
+        if self.admin is not None:
+            document["admin"] = {"url": self.admin_url, "responses": {str(status): count for status, count
+                                                                      in sorted(self.admin.responses.items())}}
+        return document
+
+    @property
+    def admin_url(self) -> str | None:
+        return self.config.admin.url if self.config.admin is not None else None
 
     @staticmethod
     def _listening_fields(hosted: Hosted) -> dict[str, Any]:
@@ -1001,6 +1074,8 @@ class Command:
                 uid, gid = _user_ids(config.user, config.group)
                 # What this process created, the user must be able to remove on exit (in a sticky /tmp too).
                 owned = [listener.unix_path.path for listener in self.listeners if listener.unix_path is not None]
+                if self.admin is not None and self.admin.unix_path is not None:
+                    owned.append(self.admin.unix_path.path)
                 if self.pid_file_written and config.pid_file is not None:
                     owned.append(config.pid_file)
                 for path in owned:
@@ -1035,6 +1110,8 @@ class Command:
                 hosted.server.server_close()
         for listener in self.listeners:
             listener.close()  # a second close of a socket is harmless; removes the socket file
+        if self.admin is not None:
+            self.admin.close()
         self._remove_pid_file()
 
     def _remove_pid_file(self) -> None:
@@ -1161,14 +1238,21 @@ class Command:
                 reactor.close()
             for listener in self.listeners:
                 listener.close()
+            if self.admin is not None:
+                self.admin.close()  # only now: it answered (503, draining) while the servers drained
             self._remove_pid_file()
         logger.info("stopped", extra={"event": "stopped"})
         return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status (0 stopped, 1 cannot start or failed, 2 bad arguments)."""
+    """Run the command; returns the exit status (0 stopped, 1 cannot start or failed, 2 bad arguments).
+
+    ``reactor stats URL ...`` reads a running command's ``--admin`` instead (see :func:`stats_main`).
+    """
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["stats"]:
+        return stats_main(arguments[1:])
     try:
         config = parse_command_line(arguments)
     except UsageError as exc:
@@ -1190,3 +1274,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+# ---------------------------------------------------------------- reactor stats
+
+
+def _stats_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"{PROG} stats", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Show the statistics of a running reactor command, read from its --admin address.",
+        epilog=f"""\
+examples:
+  {PROG} stats tcp://127.0.0.1:9100                      # once
+  {PROG} stats unix:///run/myapp/admin.sock --watch      # every 2 seconds until Ctrl-C
+  {PROG} stats tcp://127.0.0.1:9100 --watch 1 --count 10 # 10 views, 1 second apart
+
+columns: REQUESTS taken so far; REQ/S between two views (--watch); ACTIVE
+connections open, requests running on a thread pool or a protocol server's
+connections (- where nobody counts them); REFUSED by --allow/--deny or limits;
+ERRORS: dropped, timeouts, TLS and PROXY failures, exhaustion pauses.
+exit status: 0, 1 if the address does not answer, 2 for bad arguments.
+""")
+    parser.add_argument("address", metavar="URL", help="the command's --admin: tcp://HOST:PORT or unix:///PATH")
+    parser.add_argument("--watch", "-w", metavar="SECONDS", nargs="?", const=2.0, type=_positive(float),
+                        help="refresh every SECONDS (default 2) until interrupted")
+    parser.add_argument("--count", "-n", metavar="N", type=_positive(int),
+                        help="stop after N views (implies --watch)")
+    parser.add_argument("--json", action="store_true", help="print /stats as JSON (one line per view)")
+    parser.add_argument("--timeout", metavar="SECONDS", type=_positive(float), default=5.0,
+                        help="how long one request may take (default 5)")
+    parser.context = "stats: "
+    return parser
+
+
+def stats_main(argv: Sequence[str]) -> int:
+    """``reactor stats URL [--watch [SECONDS]] [--count N] [--json]``; returns the exit status."""
+    parser = _stats_parser()
+    try:
+        options = parser.parse_args(list(argv))
+        try:
+            address = parse_admin_url(options.address, public=True)
+        except ValueError as exc:
+            raise UsageError(f"stats: {exc}") from None
+    except UsageError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc} (see {PROG} stats --help)\n")
+        return 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    if options.count is not None and options.watch is None:
+        options.watch = 2.0  # --count N alone: N views, 2 s apart
+    count = options.count if options.watch is not None else 1
+    clear = options.watch is not None and not options.json and sys.stdout.isatty()
+    previous: dict[str, Any] | None = None
+    shown = 0
+    try:
+        while True:
+            try:
+                status, body = fetch(address, "/stats", options.timeout)
+                if status != 200:
+                    raise ValueError(f"{address.url}/stats answered {status}")
+                snapshot = json.loads(body)
+            except (OSError, ValueError) as exc:
+                if options.watch is None:
+                    sys.stderr.write(f"{PROG} stats: cannot read {address.url}: {exc}\n")
+                    return 1
+                text = f"{PROG} stats: cannot read {address.url}: {exc}\n"
+            else:
+                text = json.dumps(snapshot) + "\n" if options.json else render_view(snapshot, previous)
+                previous = snapshot
+            if clear:
+                text = "\x1b[H\x1b[2J" + text
+            elif shown and not options.json:
+                text = "\n" + text
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            shown += 1
+            if count is not None and shown >= count:
+                return 0
+            time.sleep(options.watch)
+    except KeyboardInterrupt:
+        return 0

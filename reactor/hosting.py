@@ -35,12 +35,16 @@ import selectors
 import socket
 import socketserver as _stdlib_socketserver
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._platform import HAS_UNIX_SOCKETS
+from ._procinfo import process_info
 from ._timers import TimerHandle
-from .accept import Dispatch, HostedServer, HostingOptions, Inline, describe_server
+from .accept import STATS_GAUGES, Dispatch, HostedServer, HostingOptions, Inline, describe_server
 from .admission import AdmissionOptions
+from .binding import describe_address
 from .loop import EventLoop
 from .protocol import BaseProtocol, DatagramProtocol, DatagramServer, StreamServer
 
@@ -97,6 +101,11 @@ class Topology:
         """Make the attachment that serves ``server`` on ``reactor``."""
         raise NotImplementedError
 
+    def pool_stats(self) -> dict[str, Any] | None:
+        """The layout's own part of its server's stats (e.g. worker pids), for ``Reactor.stats()``;
+        None if it has none. Keys named here are left out of the server's counters."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -135,6 +144,8 @@ class Reactor(EventLoop):
         self._abort_requested = False
         #: The shutdown() given to hosted stdlib servers, to take back on leaving.
         self._shutdown_overrides: dict[int, Callable[[], None]] = {}
+        #: Servers close() or an outside remove_server() is draining now (for stats()).
+        self._departing: list[_Departure] = []
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._attachments)} servers"
@@ -449,6 +460,55 @@ class Reactor(EventLoop):
         """The hosted servers, in the order they were added."""
         return [attachment.server for attachment in self._attachments.values()]
 
+    def stats(self) -> dict[str, Any]:
+        """One snapshot of everything this reactor hosts, and of its process; JSON-serialisable.
+
+        ``{"time": ..., "process": {...}, "servers": [...]}``:
+
+        - ``time``: the wall-clock time of the snapshot (Unix seconds).
+        - ``process``: ``pid``, ``uptime`` (seconds), ``fds`` (open
+          descriptors), ``threads`` (Python threads) and ``rss`` (resident
+          bytes); ``fds`` and ``rss`` are None where the system does not tell.
+        - ``servers``: one entry per server, hosted or still draining, in the
+          order they were added:
+
+          - ``name`` (class and address, as logs say it), ``address`` (e.g.
+            ``tcp 127.0.0.1:8000``, ``unix /run/app.sock``), ``family``
+            (``inet``, ``inet6``, ``unix``), ``type`` (``stream``,
+            ``datagram``), and ``host``/``port`` or ``path`` where they apply;
+            None for what a server without a socket does not say.
+          - ``strategy``: the strategy's repr, e.g. ``ThreadPool(max_workers=4, max_pending=4)``.
+          - ``state``: ``serving``, ``paused`` (see ``paused``: why the
+            listener is out of the selector, e.g. ``saturated``,
+            ``max_connections``, ``exhausted``) or ``draining`` (leaving).
+          - ``active``: requests or connections in flight now, as well as the
+            strategy knows: connections open (with connection options),
+            requests running on a thread pool, a protocol server's
+            connections; None where nobody counts them.
+          - ``counters`` and ``gauges``: every key of ``server_stats()``
+            (gauges named by ``accept.STATS_GAUGES``), integers.
+          - ``accept_errors``: errors met while taking requests, by errno name
+            (``{}`` under a topology: its workers take the requests).
+          - ``truncated_datagrams``: datagrams dropped as larger than the
+            server's ``max_packet_size``, for reactor's datagram servers
+            (counted in this process: None under a topology), else None.
+          - ``pool``: the strategy's own numbers: ``ThreadPool.stats()``
+            (threads, idle, running, queued, done), a topology's
+            ``pool_stats()`` (for ``Prefork``: workers, pids, ready, arbiter,
+            spawned, restarts, last_exit), or None.
+
+        Returns at once: it never waits for another thread or process.
+
+        Thread-safety: call it from the loop's thread (a callback, a handler
+        run inline, or ``call_soon_threadsafe`` from elsewhere).
+        """
+        entries: list[tuple[Attachment, str]] = [(a, "hosted") for a in self._attachments.values()]
+        entries += [(d.attachment, "draining") for d in self._departing]
+        entries += [(d.attachment, "draining") for d in self._leaving.values()]
+        return {"time": round(time.time(), 3), "process": process_info(),
+                "servers": [_server_snapshot(attachment, draining=where == "draining")
+                            for attachment, where in entries]}
+
     # -- leaving -------------------------------------------------------------
 
     def _restore_shutdown(self, server: Any) -> None:
@@ -515,12 +575,14 @@ class Reactor(EventLoop):
             # still aborts and detaches every one that began.
             for attachment in attachments:
                 departures.append(self._begin_departure(attachment))
+            self._departing = departures
             if departures:
                 deadline = max(departure.deadline for departure in departures)
                 self.run_until(lambda: self._abort_requested or all(d.drained for d in departures),
                                max(deadline - self.time(), 0.0))
         finally:
             self._draining = False
+            self._departing = []
             for departure in departures:
                 if not departure.drained:
                     departure.attachment.abort()
@@ -559,6 +621,74 @@ class Reactor(EventLoop):
         departure = _Departure(attachment)
         departure.deadline = self.time() + attachment.begin_drain(departure.set_drained)
         return departure
+
+
+def _server_snapshot(attachment: Attachment, *, draining: bool) -> dict[str, Any]:
+    """One server's entry in ``Reactor.stats()``."""
+    server = attachment.server
+    strategy = attachment.dispatch
+    snapshot: dict[str, Any] = {"name": describe_server(server), **_where(server), "strategy": repr(strategy)}
+    pool: dict[str, Any] | None = None
+    if isinstance(strategy, Topology):
+        pool = strategy.pool_stats()
+    else:
+        strategy_stats = getattr(strategy, "stats", None)
+        if callable(strategy_stats):
+            pool = dict(strategy_stats())
+    counts = attachment.stats()
+    paused: list[str] = []
+    accept_errors: dict[str, int] = {}
+    truncated: int | None = None
+    if isinstance(attachment, HostedServer):
+        paused = sorted(str(getattr(reason, "value", reason)) for reason in attachment.pause_reasons)
+        accept_errors = attachment.accept_errors
+        count = getattr(server, "truncated_datagrams", None)
+        sock = getattr(server, "socket", None)
+        if isinstance(count, int) and isinstance(sock, socket.socket) and sock.type == socket.SOCK_DGRAM:
+            truncated = count
+    numbers = {key: value for key, value in counts.items()
+               if isinstance(value, int) and not isinstance(value, bool) and key not in (pool or {})}
+    active: int | None = numbers.get("open")
+    if active is None and pool is not None and isinstance(pool.get("running"), int):
+        active = pool["running"]
+    transports = getattr(server, "transports", None)
+    if active is None and isinstance(transports, (set, frozenset)):
+        active = len(transports)
+    if draining or "draining" in paused:
+        state = "draining"
+    elif paused:
+        state = "paused"
+    else:
+        state = "serving"
+    snapshot.update(
+        state=state, paused=[reason for reason in paused if reason != "draining"], active=active,
+        counters={key: value for key, value in numbers.items() if key not in STATS_GAUGES},
+        gauges={key: value for key, value in numbers.items() if key in STATS_GAUGES},
+        accept_errors=accept_errors, truncated_datagrams=truncated, pool=pool)
+    return snapshot
+
+
+_FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+if HAS_UNIX_SOCKETS:
+    _FAMILIES[socket.AF_UNIX] = "unix"
+
+
+def _where(server: Any) -> dict[str, Any]:
+    """``address``, ``family``, ``type`` and ``host``/``port`` or ``path`` of a server's socket."""
+    sock = getattr(server, "socket", None)
+    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+        address = getattr(server, "server_address", None)
+        return {"address": None if address is None else str(address), "family": None, "type": None}
+    address = sock.getsockname()
+    where: dict[str, Any] = {"address": describe_address(sock.family, sock.type, address),
+                             "family": _FAMILIES.get(sock.family, str(sock.family)),
+                             "type": "datagram" if sock.type == socket.SOCK_DGRAM else "stream"}
+    if isinstance(address, tuple) and len(address) >= 2:
+        where.update(host=str(address[0]), port=int(address[1]))
+    elif isinstance(address, (str, bytes)):
+        path = address.decode("utf-8", "backslashreplace") if isinstance(address, bytes) else address
+        where["path"] = "@" + path[1:] if path.startswith("\0") else path
+    return where
 
 
 class _Departure:

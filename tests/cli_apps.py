@@ -80,3 +80,20 @@ def broken_factory(sock: socket.socket) -> Any:
 
 
 NOT_SERVABLE = 42
+
+
+class _GatedServer(rsocketserver.TCPServer):
+    """A TCPServer whose hosting, in a Prefork worker, waits until the FIFO ``$REACTOR_TEST_GATE`` is closed by a writer."""
+
+    def hosting_started(self, hosted: Any) -> None:
+        gate = os.environ.get("REACTOR_TEST_GATE")
+        if gate is not None and os.getpid() != int(os.environ["REACTOR_TEST_MASTER"]):
+            with open(gate, "rb") as fifo:  # blocks until the test opens the other end; read returns at its close
+                fifo.read()
+        super().hosting_started(hosted)
+
+
+def gated_server(sock: socket.socket) -> Any:
+    """A factory: a WhoHandler server whose Prefork workers boot only once the test opens the gate."""
+    os.environ["REACTOR_TEST_MASTER"] = str(os.getpid())
+    return adopt_socket(_GatedServer, sock, WhoHandler)

@@ -35,7 +35,8 @@ MODULES = sorted([path.stem for path in PACKAGE_DIR.glob("*.py")] + SUBPACKAGES 
     if path.stem != "__init__"])
 
 #: The pure bottom layer: imports nothing from reactor at all.
-LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "access", "proxy_protocol", "systemd")
+LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "_procinfo", "access", "proxy_protocol",
+                "systemd")
 
 #: Layers, bottom first: a module may import only from layers below its own (a
 #: subpackage's modules share its layer, and may import each other).
@@ -51,6 +52,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     ("prefork",),
     ("socketserver",),
     ("__init__",),
+    # The admin endpoint (statistics over HTTP) stands on the loop alone; the command serves it.
+    ("admin",),
     # The command stands on everything and nothing imports it; ``python -m reactor`` runs it.
     ("cli",),
     ("__main__",),
@@ -67,6 +70,8 @@ FORBIDDEN = {
     "protocol": {"hosting", "socketserver", "dispatch", "prefork", "framing"},
     "framing": {"hosting", "socketserver", "dispatch", "prefork"},
     "hosting": {"socketserver", "dispatch", "prefork"},
+    # The admin endpoint knows a reactor only by its stats() snapshot and the loop's public API.
+    "admin": {"accept", "hosting", "socketserver", "dispatch", "prefork", "protocol"},
 }
 
 

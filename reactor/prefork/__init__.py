@@ -245,6 +245,19 @@ class Prefork(Topology):
             return {"workers": self.workers, "pids": [], "ready": [], "arbiter": None, "spawned": 0}
         return self._attachment.stats()
 
+    def pool_stats(self) -> dict[str, Any]:
+        """The pool's own numbers, for ``Reactor.stats()``: the pool's keys of ``stats()``
+        (``workers``, ``pids``, ``ready``, ``arbiter``, ``spawned``), plus ``restarts``, workers
+        started beyond the first ``workers`` (replacements of crashed or recycled workers, and
+        those of reloads and of SIGTTIN), and ``last_exit``, the last worker exit the arbiter
+        reported: ``{"pid", "code", "reason"}`` (``code`` is ``-signum`` for a signal, ``reason``
+        says it in words, e.g. ``killed by SIGKILL``), None before any.
+        """
+        if self._attachment is None:
+            return {"workers": self.workers, "pids": [], "ready": [], "arbiter": None, "spawned": 0,
+                    "restarts": 0, "last_exit": None}
+        return self._attachment.pool_stats()
+
     def _command(self, kind: Command) -> None:
         if self._attachment is None:
             raise RuntimeError(f"{self!r} is not serving")

@@ -72,6 +72,8 @@ class MasterSide:
         self.workers: set[int] = set()
         self.ready: set[int] = set()
         self.spawned = 0
+        #: The last worker exit the arbiter reported: ``{"pid", "code", "reason"}`` (None before any).
+        self.last_exit: dict[str, Any] | None = None
         self.arbiter_pid: int | None = None
         self._orphans: set[int] = set()  # a dead arbiter's workers, reaped here if we are their subreaper
         self._orphan_timer: Any = None
@@ -200,6 +202,9 @@ class MasterSide:
         elif kind is Event.EXITED:
             self.workers.discard(pid)
             self.ready.discard(pid)
+            code = message.get("code")
+            code = code if isinstance(code, int) else None
+            self.last_exit = {"pid": pid, "code": code, "reason": describe_exit(code)}
         elif kind is Event.TARGET:
             self.target = message["workers"]
         elif kind is Event.BOOT_FAILED:
@@ -295,6 +300,13 @@ class MasterSide:
                                 "ready": sorted(self.ready), "arbiter": self.arbiter_pid, "spawned": self.spawned}
         counts = {**self._zero_stats, **self._counters.total()}
         return {**pool, **{key: count for key, count in counts.items() if key not in pool}}
+
+    def pool_stats(self) -> dict[str, Any]:
+        """``Prefork.pool_stats()``: the pool's keys of ``stats()``, plus ``restarts`` and ``last_exit``."""
+        return {"workers": self.target, "pids": sorted(self.workers), "ready": sorted(self.ready),
+                "arbiter": self.arbiter_pid, "spawned": self.spawned,
+                "restarts": max(self.spawned - self.settings.workers, 0),
+                "last_exit": dict(self.last_exit) if self.last_exit is not None else None}
 
     def begin_drain(self, on_drained: Callable[[], None]) -> float:
         """Ask the arbiter to stop the workers gracefully; ``on_drained()`` runs once it has exited.
