@@ -68,6 +68,9 @@ __all__ = ["EventLoop", "FileDescriptorLike", "FileLike"]
 
 logger = logging.getLogger(__name__)
 
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
 #: Longest single wait; some selectors reject larger timeouts.
 MAX_SELECT_TIMEOUT = 24 * 3600.0
 
@@ -294,21 +297,34 @@ class EventLoop:
             events = self._selector.select(wait)
         finally:
             self._selecting = False
+        # In order: the callbacks scheduled before this tick, the I/O that was ready
+        # when select() returned, then the timers due by then; what these schedule runs
+        # in the next tick. I/O handles run straight from the event list (no queueing:
+        # this is the hot path), still skipped once cancelled.
+        # The due timers wait in the queue, behind the earlier callbacks and ahead of
+        # anything scheduled from now on, so a KeyboardInterrupt leaves them for the next tick.
         ready = self._ready
-        for key, mask in events:
-            reader, writer = key.data
-            if mask & selectors.EVENT_READ and reader is not None:
-                ready.append(reader)
-            if mask & selectors.EVENT_WRITE and writer is not None:
-                ready.append(writer)
+        earlier = len(ready)
         if self._timers:
             ready.extend(self._timers.pop_due(self._clock()))
-        for _ in range(len(ready)):
-            handle = ready.popleft()
-            try:
-                handle.run()  # a no-op once cancelled
-            except Exception:
-                logger.exception("reactor callback %r raised", handle)
+        due = len(ready) - earlier
+        for _ in range(earlier):
+            self._run(ready.popleft())
+        for key, mask in events:
+            reader, writer = key.data
+            if mask & _READ and reader is not None:
+                self._run(reader)
+            if mask & _WRITE and writer is not None:
+                self._run(writer)
+        for _ in range(due):
+            self._run(ready.popleft())
+
+    @staticmethod
+    def _run(handle: Handle) -> None:
+        try:
+            handle.run()  # a no-op once cancelled
+        except Exception:
+            logger.exception("reactor callback %r raised", handle)
 
     def _wait_time(self, timeout: float | None) -> float | None:
         if self._ready or self._stopping:
