@@ -39,6 +39,9 @@ TERM/INT: graceful stop (twice: at once). HUP: rolling reload of every
 Prefork pool; new workers re-import the handler's module from disk when its
 source changed, so new code serves without a dropped connection. TTIN/TTOU:
 one Prefork worker more/fewer in every pool. USR1: reopen ``--log-file``.
+USR2: whole-process upgrade: a new master (a fresh ``python -m reactor``
+with the same arguments) inherits every listening socket; once it is ready
+this one drains and exits (see ``reactor.upgrade``).
 
 Library code below this module never exits the process: only :func:`main`
 turns errors into exit statuses.
@@ -74,6 +77,7 @@ from .dispatch import Dispatch, Inline, ThreadPool
 from .hosting import Reactor, Topology
 from .prefork import Prefork
 from .systemd import ActivatedSocket, Notifier, listen_fds
+from .upgrade import Successor, Upgrade, successor_command
 
 __all__ = ["BindAddress", "StartupError", "UsageError", "adopt_socket", "main", "parse_bind", "parse_dispatch",
            "server_class_for"]
@@ -252,6 +256,8 @@ signals:
   HUP         reload: new Prefork workers (new code of the handler's module), then the old ones retire
   TTIN, TTOU  one Prefork worker more / fewer, in every pool
   USR1        reopen --log-file (after logrotate moved it)
+  USR2        upgrade: start a new master (new code) on the same sockets; once it
+              is ready, this one drains and exits (its pid is in --pid-file)
 
 exit status: 0 after a stop by signal, 1 if it could not start or a pool failed, 2 for bad arguments.
 """
@@ -883,10 +889,15 @@ def _make_dispatch(config: ServerConfig, server: Any) -> Dispatch | Topology:
 class Command:
     """One run of the command: start everything or nothing, serve, stop cleanly."""
 
-    def __init__(self, config: Config, log_handler: logging.Handler | None = None) -> None:
+    def __init__(self, config: Config, log_handler: logging.Handler | None = None,
+                 argv: Sequence[str] | None = None) -> None:
         self.config = config
         self.log_handler = log_handler
         self.notifier = Notifier()
+        # SIGUSR2 starts the same command line in the directory we started in (before --chdir).
+        self.upgrade = Upgrade(successor_command(sys.argv[1:] if argv is None else argv), cwd=os.getcwd(),
+                               notifier=self.notifier)
+        self.successor: Successor | None = None
         self.reactor: Reactor | None = None
         self.hosted: list[Hosted] = []
         self.listeners: list[Listener] = []
@@ -918,6 +929,10 @@ class Command:
             activated = listen_fds()  # clears LISTEN_* whether we use them or not
         except ValueError as exc:
             raise StartupError(f"socket activation: {exc}") from None
+        try:
+            self.successor = Successor.from_environment()  # an upgrade's new master: inherited sockets
+        except ValueError as exc:
+            raise StartupError(f"upgrade: {exc}") from None
         # The reactor first: its signal handlers record a SIGTERM that arrives while starting.
         reactor = self.reactor = Reactor()
         try:
@@ -934,11 +949,15 @@ class Command:
         used: set[int] = set()
         per_server: list[list[Listener]] = []
         try:
-            for server in config.servers:
-                opened = open_listeners(server, activated, used)
+            for index, server in enumerate(config.servers):
+                taken = self.successor.take(index, server.binds) if self.successor is not None else None
+                opened = ([Listener(bind, sock) for bind, sock in taken] if taken is not None
+                          else open_listeners(server, activated, used))
                 self.listeners.extend(opened)
                 per_server.append(opened)
         finally:
+            if self.successor is not None:
+                self.successor.close_untaken()
             for item in activated:
                 if item.sock.fileno() not in used and item.sock.fileno() >= 0:
                     logger.warning("socket-activated %s (%s) is not served by any --bind; closing it",
@@ -960,8 +979,8 @@ class Command:
                                           context))
         if config.pid_file is not None:
             self._write_pid_file(config.pid_file)
-        if config.user is not None or config.group is not None:
-            self._drop_privileges()
+        if (config.user is not None or config.group is not None) and self.successor is None:
+            self._drop_privileges()  # (a successor runs as the user the old master switched to)
         reactor = self.reactor
         assert reactor is not None
         # Prefork pools fork before any thread exists (a ThreadPool starts its threads with its first request).
@@ -1054,6 +1073,7 @@ class Command:
         reactor.add_signal_handler(signal.SIGTTIN, self._on_workers, +1)
         reactor.add_signal_handler(signal.SIGTTOU, self._on_workers, -1)
         reactor.add_signal_handler(signal.SIGUSR1, self._on_reopen_logs)
+        reactor.add_signal_handler(signal.SIGUSR2, self._on_upgrade)
 
     def _on_stop_signal(self, name: str) -> None:
         assert self.reactor is not None
@@ -1103,6 +1123,30 @@ class Command:
         else:
             logger.info("SIGUSR1: logging to stderr, nothing to reopen")
 
+    def _on_upgrade(self) -> None:
+        reactor = self.reactor
+        assert reactor is not None
+        if not self._ready or self._stopping:
+            logger.warning("SIGUSR2: %s; no upgrade now", "stopping" if self._stopping else "not ready yet",
+                           extra={"event": "upgrade_ignored"})
+            return
+        positions = {id(bind): (i, j) for i, server in enumerate(self.config.servers)
+                     for j, bind in enumerate(server.binds)}
+        self.upgrade.start(reactor, self.listeners, [positions[id(listener.bind)] for listener in self.listeners],
+                           on_ready=self._on_upgraded, on_failed=self._on_upgrade_failed)
+
+    def _on_upgraded(self, new_pid: int) -> None:
+        assert self.reactor is not None
+        self.pid_file_written = False  # the new master's pid is in it now
+        self.reactor.stop()
+
+    def _on_upgrade_failed(self) -> None:
+        if self.pid_file_written and self.config.pid_file is not None and not self._stopping:
+            try:
+                self._write_pid_file(self.config.pid_file)  # the failed one may have written or removed it
+            except StartupError as exc:
+                logger.warning("%s", exc)
+
     # -- readiness -------------------------------------------------------------
 
     def _check_ready(self) -> None:
@@ -1128,6 +1172,8 @@ class Command:
             logger.info("reloaded: %s", status, extra={"event": "reloaded"})
         self._reload_pending = None
         self.notifier.ready(status)
+        if self.successor is not None:
+            self.successor.ready(self.listeners)  # an upgrade's new master: the old one hands over and leaves
 
     def _status(self) -> str:
         parts = []
@@ -1151,14 +1197,16 @@ class Command:
                 code = 1
             self._stopping = True
             self.notifier.stop_watchdog()
-            self.notifier.stopping("stopping")
+            self.upgrade.abort()
+            if not self.upgrade.handed_over:  # else the service goes on, in the new master
+                self.notifier.stopping("stopping")
             logger.info("stopping: draining %d server(s)", len(self.hosted), extra={"event": "stopping"})
-            reactor.close()
+            reactor.close(restore_listeners=not self.upgrade.handed_over)
         finally:
             self._stopping = True
             self.notifier.stop_watchdog()
             if not reactor.closed:
-                reactor.close()
+                reactor.close(restore_listeners=not self.upgrade.handed_over)
             for listener in self.listeners:
                 listener.close()
             self._remove_pid_file()
@@ -1179,7 +1227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: logging.Handler | None = None
     try:
         handler = configure_logging(config)
-        return Command(config, handler).run()
+        return Command(config, handler, arguments).run()
     except StartupError as exc:
         if handler is None:
             sys.stderr.write(f"{PROG}: error: {exc}\n")

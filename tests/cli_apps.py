@@ -80,3 +80,11 @@ def broken_factory(sock: socket.socket) -> Any:
 
 
 NOT_SERVABLE = 42
+
+
+class PidEchoHandler(socketserver.StreamRequestHandler):
+    """Answers every line with ``pid line``: which process served it."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(f"{os.getpid()} ".encode() + line)

@@ -50,6 +50,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     ("prefork",),
     ("socketserver",),
     ("__init__",),
+    # The whole-process upgrade the command runs on SIGUSR2 (loop, binding and systemd below it).
+    ("upgrade",),
     # The command stands on everything and nothing imports it; ``python -m reactor`` runs it.
     ("cli",),
     ("__main__",),
@@ -65,6 +67,7 @@ FORBIDDEN = {
     "accept": {"hosting", "socketserver", "dispatch", "prefork", "protocol"},
     "protocol": {"hosting", "socketserver", "dispatch", "prefork"},
     "hosting": {"socketserver", "dispatch", "prefork"},
+    "upgrade": {"accept", "hosting", "socketserver", "dispatch", "prefork", "protocol"},
 }
 
 

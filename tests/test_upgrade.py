@@ -1,0 +1,301 @@
+"""Whole-process upgrade (SIGUSR2): the command run as an operator would, real signals, real sockets.
+
+The old master is the test's child (``Running``); the new master it starts is
+its child, orphaned when the old one exits, so the test ends it by the pid
+the old one logged (``upgraded`` event) and waits until it is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import wait_for
+from test_cli import EVENT_TIMEOUT, Running, ask, descendants_of, tcp_address
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (gone, or a zombie nobody reaped: it holds nothing any more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2] == "Z"
+
+
+@contextlib.contextmanager
+def ended_on_exit(pids: list[int]) -> Iterator[list[int]]:
+    """SIGTERM every pid appended to ``pids`` (new masters the test learnt of) on exit, and wait until gone."""
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            wait_for(lambda: _gone(pid), EVENT_TIMEOUT, message=f"new master {pid} did not exit")
+
+
+def _listener_nonblocking(pid: int, port: int) -> bool:
+    """Is ``pid``'s TCP listener on ``port`` non-blocking? (O_NONBLOCK, from /proc/PID/fdinfo)."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            inode = fields[9]
+    assert inode is not None
+    for link in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == f"socket:[{inode}]":
+                flags = next(line for line in Path(f"/proc/{pid}/fdinfo/{link.name}").read_text().splitlines()
+                             if line.startswith("flags:"))
+                return bool(int(flags.split()[1], 8) & os.O_NONBLOCK)
+    raise AssertionError(f"process {pid} has no descriptor of the listener on port {port}")
+
+
+def _upgrade(running: Running, pids: list[int]) -> int:
+    """SIGUSR2 to the old master; the new master's pid once it took over (added to ``pids``)."""
+    start = len(running.events)
+    running.send(signal.SIGUSR2)
+    upgrading = running.event("upgrading", start=start)
+    pids.append(upgrading["new_pid"])
+    upgraded = running.event("upgraded", start=start)
+    assert upgraded["new_pid"] == upgrading["new_pid"]
+    return int(upgraded["new_pid"])
+
+
+def test_usr2_hands_tcp_and_unix_listeners_to_a_new_master_and_the_old_one_exits_0(unix_dir: str) -> None:
+    pid_file = os.path.join(unix_dir, "pid")
+    path = os.path.join(unix_dir, "who.sock")
+    with ended_on_exit([]) as pids, Running(["--pid-file", pid_file, "cli_apps:WhoHandler",
+                                             "--bind", "tcp://127.0.0.1:0", "--bind", f"unix://{path}"]) as running:
+        address = tcp_address(next(e for e in running.ready() if "port" in e))
+        old = running.pid
+        assert ask(address, b"").split()[0] == str(old).encode()
+        assert Path(pid_file).read_text() == f"{old}\n"
+        new = _upgrade(running, pids)
+        assert new != old
+        assert running.proc.wait(EVENT_TIMEOUT) == 0
+        # The new master serves both addresses; the socket file is still there, the pid file is its own.
+        assert ask(address, b"").split()[0] == str(new).encode()
+        assert ask(path, b"", socket.AF_UNIX).split()[0] == str(new).encode()
+        assert os.path.exists(path)
+        assert Path(pid_file).read_text() == f"{new}\n"
+        assert _listener_nonblocking(new, address[1])  # the old master's leaving did not restore blocking
+        # The new master owns what it inherited: it removes the socket file and the pid file when it stops.
+        start = len(running.events)
+        os.kill(new, signal.SIGTERM)
+        running.wait_for(lambda e: e.get("pid") == new and e.get("event") == "stopped", "new master stopped",
+                         start=start)
+        wait_for(lambda: _gone(new), EVENT_TIMEOUT)
+        assert not os.path.exists(path)
+        assert not os.path.exists(pid_file)
+
+
+class _Client(threading.Thread):
+    """Request/reply on a new connection each time, until told to stop: which pids answered, what failed."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(name="upgrade-client")
+        self.address = address
+        self.stop = threading.Event()
+        self.answered_by: list[int] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        count = 0
+        while not self.stop.is_set():
+            count += 1
+            line = f"request {count}\n".encode()
+            try:
+                with socket.create_connection(self.address, timeout=EVENT_TIMEOUT) as client:
+                    client.sendall(line)
+                    answer = client.makefile("rb").readline()
+            except OSError as exc:
+                self.failures.append(f"request {count}: {exc!r}")
+                continue
+            pid, _, echoed = answer.partition(b" ")
+            if echoed != line:
+                self.failures.append(f"request {count}: answered {answer!r}")
+                continue
+            self.answered_by.append(int(pid))
+
+
+def test_no_request_fails_across_an_upgrade_under_load(unix_dir: str) -> None:
+    with ended_on_exit([]) as pids, Running(["cli_apps:PidEchoHandler", "--bind", "tcp://127.0.0.1:0",
+                                             "--dispatch", "threads:4"]) as running:
+        address = tcp_address(running.ready()[0])
+        old = running.pid
+        client = _Client(address)
+        with socket.create_connection(address, timeout=EVENT_TIMEOUT) as long_lived:
+            reader = long_lived.makefile("rb")
+
+            def round_trip(text: bytes) -> int:
+                long_lived.sendall(text)
+                pid, _, echoed = reader.readline().partition(b" ")
+                assert echoed == text
+                return int(pid)
+
+            assert round_trip(b"before\n") == old
+            client.start()
+            try:
+                wait_for(lambda: len(client.answered_by) >= 20 or client.failures, EVENT_TIMEOUT)
+                new = _upgrade(running, pids)
+                # The old master keeps serving the connection it has while it drains...
+                wait_for(lambda: new in client.answered_by or client.failures, EVENT_TIMEOUT)
+                assert running.proc.poll() is None
+                assert [round_trip(f"during {n}\n".encode()) for n in range(3)] == [old] * 3
+                reader.close()
+            except BaseException:
+                client.stop.set()
+                client.join(EVENT_TIMEOUT)
+                raise
+        # ...and exits once that connection is done; new connections never failed meanwhile.
+        try:
+            assert running.proc.wait(EVENT_TIMEOUT) == 0
+            served = len(client.answered_by)
+            wait_for(lambda: len(client.answered_by) >= served + 20 or client.failures, EVENT_TIMEOUT)
+        finally:
+            client.stop.set()
+            client.join(EVENT_TIMEOUT)
+        assert client.failures == []
+        assert old in client.answered_by and new in client.answered_by
+        assert client.answered_by[-1] == new
+
+
+def _write_module(directory: str, name: str, text: str) -> None:
+    Path(directory, f"{name}.py").write_text(
+        "import os, socketserver\n\n\n"
+        "class Handler(socketserver.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        f"        self.wfile.write(f'{{os.getpid()}} {text}\\n'.encode())\n")
+
+
+def test_a_new_master_that_fails_to_start_leaves_the_old_one_serving(unix_dir: str) -> None:
+    app = os.path.join(unix_dir, "app")
+    os.mkdir(app)
+    _write_module(app, "upgraded_app", "one")
+    pid_file = os.path.join(unix_dir, "pid")
+    path = os.path.join(unix_dir, "app.sock")
+    with ended_on_exit([]) as pids, Running(["--pid-file", pid_file, "--app-dir", app, "upgraded_app:Handler",
+                                             "--bind", f"unix://{path}"],
+                                            env={"PYTHONDONTWRITEBYTECODE": "1"}) as running:
+        running.ready()
+        old = running.pid
+        Path(app, "upgraded_app.py").write_text("def broken(:\n")
+        start = len(running.events)
+        running.send(signal.SIGUSR2)
+        upgrading = running.event("upgrading", start=start)
+        pids.append(upgrading["new_pid"])
+        failed = running.event("upgrade_failed", start=start)
+        assert failed["pid"] == old and failed["new_pid"] == upgrading["new_pid"]
+        reaped = running.event("upgrade_reaped", start=start)
+        assert reaped["status"] == 1
+        assert any(e.get("pid") == upgrading["new_pid"] and e.get("event") == "startup_failed"
+                   for e in running.events), running.lines
+        # Still serving, on its socket file, with its pid file.
+        assert ask(path, b"", socket.AF_UNIX) == f"{old} one\n".encode()
+        assert Path(pid_file).read_text() == f"{old}\n"
+        # Fixed on disk: the next SIGUSR2 upgrades, and the new code serves.
+        _write_module(app, "upgraded_app", "two")
+        new = _upgrade(running, pids)
+        assert running.proc.wait(EVENT_TIMEOUT) == 0
+        assert ask(path, b"", socket.AF_UNIX) == f"{new} two\n".encode()
+
+
+def test_upgrade_with_prefork_workers_and_a_second_usr2_ignored(unix_dir: str) -> None:
+    app = os.path.join(unix_dir, "app")
+    os.mkdir(app)
+    gate = os.path.join(unix_dir, "gate")
+    # The new master's import waits at a FIFO the test opens, so the second SIGUSR2 surely comes mid-upgrade.
+    Path(app, "gated_app.py").write_text(
+        "import os, socketserver\n"
+        f"if os.path.exists({gate!r}):\n"
+        f"    open({gate!r}).close()\n\n\n"
+        "class Handler(socketserver.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.wfile.write(f'{os.getpid()}\\n'.encode())\n")
+    with ended_on_exit([]) as pids, Running(["--app-dir", app, "gated_app:Handler", "--bind", "tcp://127.0.0.1:0",
+                                             "--dispatch", "prefork:2"]) as running:
+        address = tcp_address(running.ready()[0])
+        old = running.pid
+        old_workers = descendants_of(old)
+        assert int(ask(address, b"")) in old_workers
+        os.mkfifo(gate)
+        start = len(running.events)
+        running.send(signal.SIGUSR2)
+        upgrading = running.event("upgrading", start=start)
+        pids.append(upgrading["new_pid"])
+        running.send(signal.SIGUSR2)
+        ignored = running.event("upgrade_ignored", start=start)
+        assert ignored["pid"] == old
+        # Let the new master's import go on: open the FIFO's write end once it waits at the read end.
+        writer = wait_for(lambda: _open_fifo_writer(gate), EVENT_TIMEOUT)
+        os.close(writer)
+        upgraded = running.event("upgraded", start=start)
+        new = upgraded["new_pid"]
+        assert new == upgrading["new_pid"]
+        assert running.proc.wait(EVENT_TIMEOUT) == 0
+        wait_for(lambda: all(_gone(pid) for pid in old_workers), EVENT_TIMEOUT)
+        new_workers = descendants_of(new)
+        for _ in range(10):
+            assert int(ask(address, b"")) in new_workers
+        assert _listener_nonblocking(new, address[1])
+
+
+def _open_fifo_writer(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader yet
+        return None
+
+
+def _receive(sock: socket.socket) -> tuple[int, str]:
+    """One notification and the pid that sent it (SCM_CREDENTIALS)."""
+    data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+    pid = 0
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid = int.from_bytes(payload[:4], "little", signed=True)
+    return pid, data.decode()
+
+
+def test_sd_notify_mainpid_moves_to_the_new_master_and_stopping_is_not_sent(unix_dir: str) -> None:
+    notify_path = os.path.join(unix_dir, "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        notify.settimeout(EVENT_TIMEOUT)
+        got: list[tuple[int, str]] = []
+
+        def until(predicate: Any) -> None:
+            deadline = time.monotonic() + EVENT_TIMEOUT
+            while not any(predicate(pid, message) for pid, message in got):
+                assert time.monotonic() < deadline, got
+                got.append(_receive(notify))
+
+        env = {"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"}
+        # systemd gives the main process WATCHDOG_PID; `exec` keeps the shell's pid for the command.
+        with ended_on_exit([]) as pids, Running(["cli_apps:WhoHandler", "--bind", "tcp://127.0.0.1:0"], env=env,
+                                                argv=["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"', "sh"]) as running:
+            running.ready()
+            old = running.pid
+            until(lambda pid, m: pid == old and m.startswith("READY=1"))
+            until(lambda pid, m: pid == old and m == "WATCHDOG=1")
+            new = _upgrade(running, pids)
+            until(lambda pid, m: pid == old and m.startswith(f"MAINPID={new}\n"))
+            assert running.proc.wait(EVENT_TIMEOUT) == 0
+            until(lambda pid, m: pid == new and m == "WATCHDOG=1")  # WATCHDOG_PID named the old one
+            assert any(pid == new and m.startswith("READY=1") for pid, m in got), (new, got)
+            assert not any(m.startswith("STOPPING=1") for _, m in got), got
+            os.kill(new, signal.SIGTERM)
+            until(lambda pid, m: pid == new and m.startswith("STOPPING=1"))
