@@ -151,13 +151,15 @@ class Successor:
 
     def take(self, server: int, binds: Sequence[Any]) -> list[tuple[Any, socket.socket]] | None:
         """The inherited sockets of server number ``server`` (whose ``--bind`` list is ``binds``),
-        each with the bind it serves; None when nothing was inherited for it (bind it as usual)."""
-        taken = []
-        for item in self._inherited:
-            if item.server == server and item.bind < len(binds) and binds[item.bind].url == item.url:
-                item.taken = True
-                taken.append((binds[item.bind], item.sock))
-        return taken or None
+        each with the bind it serves; None unless every one of its binds was inherited (then bind
+        them as usual: the same command line always inherits them all)."""
+        matching = [item for item in self._inherited
+                    if item.server == server and item.bind < len(binds) and binds[item.bind].url == item.url]
+        if not binds or {item.bind for item in matching} != set(range(len(binds))):
+            return None
+        for item in matching:
+            item.taken = True
+        return [(binds[item.bind], item.sock) for item in matching]
 
     def close_untaken(self) -> None:
         """Close inherited sockets that no ``--bind`` took (the command line changed)."""

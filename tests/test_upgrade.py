@@ -8,9 +8,11 @@ the old one logged (``upgraded`` event) and waits until it is gone.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,9 @@ from typing import Any
 
 import pytest
 
+from reactor import Reactor
+from reactor.systemd import Notifier
+from reactor.upgrade import Upgrade
 from support import wait_for
 from test_cli import EVENT_TIMEOUT, Running, ask, descendants_of, tcp_address
 
@@ -299,3 +304,100 @@ def test_sd_notify_mainpid_moves_to_the_new_master_and_stopping_is_not_sent(unix
             assert not any(m.startswith("STOPPING=1") for _, m in got), got
             os.kill(new, signal.SIGTERM)
             until(lambda pid, m: pid == new and m.startswith("STOPPING=1"))
+
+
+def test_a_stop_signal_during_an_upgrade_ends_the_new_master_and_cleans_up(unix_dir: str) -> None:
+    app = os.path.join(unix_dir, "app")
+    os.mkdir(app)
+    gate = os.path.join(unix_dir, "gate")
+    Path(app, "gated_app.py").write_text(
+        "import os, socketserver\n"
+        f"if os.path.exists({gate!r}):\n"
+        f"    open({gate!r}).close()\n\n\n"
+        "class Handler(socketserver.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.wfile.write(b'gated\\n')\n")
+    pid_file = os.path.join(unix_dir, "pid")
+    path = os.path.join(unix_dir, "gated.sock")
+    with ended_on_exit([]) as pids, Running(["--pid-file", pid_file, "--app-dir", app, "gated_app:Handler",
+                                             "--bind", f"unix://{path}"]) as running:
+        running.ready()
+        os.mkfifo(gate)
+        running.send(signal.SIGUSR2)
+        new = running.event("upgrading")["new_pid"]
+        pids.append(new)
+        wait_for(lambda: _fifo_has_reader(gate), EVENT_TIMEOUT)  # the new master waits in its import
+        running.send(signal.SIGTERM)
+        aborted = running.event("upgrade_aborted")
+        assert aborted["new_pid"] == new
+        assert running.proc.wait(EVENT_TIMEOUT) == 0
+        assert _gone(new)  # ended and reaped before the old master exited
+        assert not os.path.exists(path) and not os.path.exists(pid_file)
+
+
+def _fifo_has_reader(path: str) -> bool:
+    writer = _open_fifo_writer(path)
+    if writer is None:
+        return False
+    os.close(writer)  # (the reader sees EOF and goes on: it is being ended anyway)
+    return True
+
+
+# ---------------------------------------------------------------- the old master's side, in-process
+
+
+def _upgrade_with(script: str, timeout: float) -> tuple[Upgrade, Reactor, dict[str, Any]]:
+    reactor = Reactor()
+    upgrade = Upgrade([sys.executable, "-c", script], cwd=os.getcwd(), notifier=Notifier(environ={}),
+                      timeout=timeout)
+    outcome: dict[str, Any] = {}
+    assert upgrade.start(reactor, [], [], on_ready=lambda pid: outcome.setdefault("ready", pid),
+                         on_failed=lambda: outcome.setdefault("failed", True))
+    return upgrade, reactor, outcome
+
+
+#: A successor that never reports (and never exits by itself): it waits for nothing, forever.
+_SILENT = "import select; select.select([], [], [])"
+
+
+def test_a_new_master_not_ready_in_time_is_terminated_and_reaped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "reactor.upgrade")
+    upgrade, reactor, outcome = _upgrade_with(_SILENT, timeout=0.2)
+    try:
+        assert upgrade.in_progress
+        reactor.run_until(lambda: "failed" in outcome, EVENT_TIMEOUT)
+        assert outcome == {"failed": True} and not upgrade.in_progress and not upgrade.handed_over
+        assert "not ready within 0.2 s" in caplog.text
+        assert "killed by SIGTERM" in caplog.text
+    finally:
+        reactor.close()
+
+
+def test_a_new_master_that_reports_garbage_is_ended(caplog: pytest.LogCaptureFixture) -> None:
+    script = ("import os, select\n"
+              "os.write(int(os.environ['REACTOR_UPGRADE_READY_FD']), b'READY 1\\n')\n" + _SILENT)
+    upgrade, reactor, outcome = _upgrade_with(script, timeout=EVENT_TIMEOUT)
+    try:
+        reactor.run_until(lambda: "failed" in outcome, EVENT_TIMEOUT)
+        assert "instead of READY" in caplog.text
+    finally:
+        reactor.close()
+
+
+def test_a_ready_new_master_is_handed_over_and_a_second_start_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    script = ("import os, select\n"
+              "assert 'REACTOR_UPGRADE_FDS' in os.environ\n"
+              "os.write(int(os.environ['REACTOR_UPGRADE_READY_FD']), f'READY {os.getpid()}\\n'.encode())\n"
+              + _SILENT)
+    upgrade, reactor, outcome = _upgrade_with(script, timeout=EVENT_TIMEOUT)
+    try:
+        reactor.run_until(lambda: "ready" in outcome, EVENT_TIMEOUT)
+        assert upgrade.handed_over and not upgrade.in_progress
+        assert not upgrade.start(reactor, [], [], on_ready=print, on_failed=print)
+        assert "already in progress" in caplog.text
+    finally:
+        reactor.close()
+        pid = outcome.get("ready")
+        if pid is not None:  # a successor that took over runs on: ours (the test's child) to end
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
