@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -24,8 +25,8 @@ import pytest
 from reactor import Reactor
 from reactor.systemd import Notifier
 from reactor.upgrade import Upgrade
-from support import wait_for
-from test_cli import EVENT_TIMEOUT, Running, ask, descendants_of, tcp_address
+from support import REPO_ROOT, wait_for
+from test_cli import EVENT_TIMEOUT, Running, ask, ask_datagram, descendants_of, tcp_address
 
 
 def _gone(pid: int) -> bool:
@@ -225,7 +226,7 @@ def test_upgrade_with_prefork_workers_and_a_second_usr2_ignored(unix_dir: str) -
     Path(app, "gated_app.py").write_text(
         "import os, socketserver\n"
         f"if os.path.exists({gate!r}):\n"
-        f"    open({gate!r}).close()\n\n\n"
+        f"    open({gate!r}).read()\n\n\n"
         "class Handler(socketserver.StreamRequestHandler):\n"
         "    def handle(self):\n"
         "        self.wfile.write(f'{os.getpid()}\\n'.encode())\n")
@@ -313,7 +314,7 @@ def test_a_stop_signal_during_an_upgrade_ends_the_new_master_and_cleans_up(unix_
     Path(app, "gated_app.py").write_text(
         "import os, socketserver\n"
         f"if os.path.exists({gate!r}):\n"
-        f"    open({gate!r}).close()\n\n\n"
+        f"    open({gate!r}).read()\n\n\n"
         "class Handler(socketserver.StreamRequestHandler):\n"
         "    def handle(self):\n"
         "        self.wfile.write(b'gated\\n')\n")
@@ -326,21 +327,17 @@ def test_a_stop_signal_during_an_upgrade_ends_the_new_master_and_cleans_up(unix_
         running.send(signal.SIGUSR2)
         new = running.event("upgrading")["new_pid"]
         pids.append(new)
-        wait_for(lambda: _fifo_has_reader(gate), EVENT_TIMEOUT)  # the new master waits in its import
-        running.send(signal.SIGTERM)
-        aborted = running.event("upgrade_aborted")
-        assert aborted["new_pid"] == new
+        # The new master waits in its import, reading the FIFO until the writer we hold is closed.
+        writer = wait_for(lambda: _open_fifo_writer(gate), EVENT_TIMEOUT)
+        try:
+            running.send(signal.SIGTERM)
+            aborted = running.event("upgrade_aborted")
+            assert aborted["new_pid"] == new
+        finally:
+            os.close(writer)
         assert running.proc.wait(EVENT_TIMEOUT) == 0
         assert _gone(new)  # ended and reaped before the old master exited
         assert not os.path.exists(path) and not os.path.exists(pid_file)
-
-
-def _fifo_has_reader(path: str) -> bool:
-    writer = _open_fifo_writer(path)
-    if writer is None:
-        return False
-    os.close(writer)  # (the reader sees EOF and goes on: it is being ended anyway)
-    return True
 
 
 # ---------------------------------------------------------------- the old master's side, in-process
@@ -401,3 +398,23 @@ def test_a_ready_new_master_is_handed_over_and_a_second_start_is_ignored(caplog:
         if pid is not None:  # a successor that took over runs on: ours (the test's child) to end
             os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)
+
+
+def test_inherited_descriptors_and_udp_are_handed_over_too(unix_dir: str) -> None:
+    # fd://N: a listener this test made and passed, as a supervisor would; and a UDP server beside it.
+    with socket.create_server(("127.0.0.1", 0)) as listener, ended_on_exit([]) as pids, \
+            Running(["cli_apps:WhoHandler", "--bind", f"fd://{listener.fileno()}",
+                     "--serve", "cli_apps:DatagramEchoHandler", "--bind", "udp://127.0.0.1:0"],
+                    pass_fds=[listener.fileno()]) as running:
+        udp = tcp_address(next(e for e in running.ready() if e["bind"].startswith("udp")))
+        address = listener.getsockname()
+        new = _upgrade(running, pids)
+        assert running.proc.wait(EVENT_TIMEOUT) == 0
+        assert ask(address, b"").split()[0] == str(new).encode()
+        assert ask_datagram(udp, b"still here", socket.AF_INET) == b"still here"
+        assert not os.get_blocking(listener.fileno())  # one file description: the new master's mode
+
+
+def test_the_example_unit_lets_the_new_master_notify() -> None:
+    unit = (REPO_ROOT / "examples" / "systemd" / "reactor-demo.service").read_text()
+    assert re.search(r"^Type=notify$", unit, re.M) and re.search(r"^NotifyAccess=all$", unit, re.M)
