@@ -1198,7 +1198,8 @@ class Command:
             self._stopping = True
             self.notifier.stop_watchdog()
             self.upgrade.abort()
-            if not self.upgrade.handed_over:  # else the service goes on, in the new master
+            # Not when the service goes on in another master: ours, or the old one (we are its failed successor).
+            if not self.upgrade.handed_over and (self.successor is None or self.successor.reported):
                 self.notifier.stopping("stopping")
             logger.info("stopping: draining %d server(s)", len(self.hosted), extra={"event": "stopping"})
             reactor.close(restore_listeners=not self.upgrade.handed_over)

@@ -149,6 +149,11 @@ class Successor:
             env["WATCHDOG_PID"] = str(os.getpid())  # rule 3: keep-alives are ours, not our children's
         return cls(inherited, ready_fd)
 
+    @property
+    def reported(self) -> bool:
+        """True once this process told the old master it is ready (and so took over)."""
+        return self._ready_fd is None
+
     def take(self, server: int, binds: Sequence[Any]) -> list[tuple[Any, socket.socket]] | None:
         """The inherited sockets of server number ``server`` (whose ``--bind`` list is ``binds``),
         each with the bind it serves; None unless every one of its binds was inherited (then bind

@@ -136,13 +136,27 @@ class _Client(threading.Thread):
             self.answered_by.append(int(pid))
 
 
+@contextlib.contextmanager
+def _clients(address: tuple[str, int], count: int) -> Iterator[list[_Client]]:
+    clients = [_Client(address) for _ in range(count)]
+    for client in clients:
+        client.start()
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(EVENT_TIMEOUT)
+
+
 def test_no_request_fails_across_an_upgrade_under_load(unix_dir: str) -> None:
     with ended_on_exit([]) as pids, Running(["cli_apps:PidEchoHandler", "--bind", "tcp://127.0.0.1:0",
-                                             "--dispatch", "threads:4"]) as running:
+                                             "--dispatch", "threads:8"]) as running:
         address = tcp_address(running.ready()[0])
         old = running.pid
-        client = _Client(address)
-        with socket.create_connection(address, timeout=EVENT_TIMEOUT) as long_lived:
+        with socket.create_connection(address, timeout=EVENT_TIMEOUT) as long_lived, \
+                _clients(address, 3) as clients:
             reader = long_lived.makefile("rb")
 
             def round_trip(text: bytes) -> int:
@@ -151,31 +165,28 @@ def test_no_request_fails_across_an_upgrade_under_load(unix_dir: str) -> None:
                 assert echoed == text
                 return int(pid)
 
+            def answered() -> list[int]:
+                return [pid for client in clients for pid in client.answered_by]
+
+            def failed() -> list[str]:
+                return [failure for client in clients for failure in client.failures]
+
             assert round_trip(b"before\n") == old
-            client.start()
-            try:
-                wait_for(lambda: len(client.answered_by) >= 20 or client.failures, EVENT_TIMEOUT)
-                new = _upgrade(running, pids)
-                # The old master keeps serving the connection it has while it drains...
-                wait_for(lambda: new in client.answered_by or client.failures, EVENT_TIMEOUT)
-                assert running.proc.poll() is None
-                assert [round_trip(f"during {n}\n".encode()) for n in range(3)] == [old] * 3
-                reader.close()
-            except BaseException:
-                client.stop.set()
-                client.join(EVENT_TIMEOUT)
-                raise
-        # ...and exits once that connection is done; new connections never failed meanwhile.
-        try:
+            wait_for(lambda: len(answered()) >= 50 or failed(), EVENT_TIMEOUT)
+            new = _upgrade(running, pids)
+            # The old master keeps serving the connection it has while it drains...
+            wait_for(lambda: new in answered() or failed(), EVENT_TIMEOUT)
+            assert running.proc.poll() is None
+            assert [round_trip(f"during {n}\n".encode()) for n in range(3)] == [old] * 3
+            reader.close()
+            long_lived.close()
+            # ...and exits once that connection is done; new connections never failed meanwhile.
             assert running.proc.wait(EVENT_TIMEOUT) == 0
-            served = len(client.answered_by)
-            wait_for(lambda: len(client.answered_by) >= served + 20 or client.failures, EVENT_TIMEOUT)
-        finally:
-            client.stop.set()
-            client.join(EVENT_TIMEOUT)
-        assert client.failures == []
-        assert old in client.answered_by and new in client.answered_by
-        assert client.answered_by[-1] == new
+            served = len(answered())
+            wait_for(lambda: len(answered()) >= served + 50 or failed(), EVENT_TIMEOUT)
+        assert failed() == []
+        assert old in answered() and new in answered()
+        assert {client.answered_by[-1] for client in clients} == {new}
 
 
 def _write_module(directory: str, name: str, text: str) -> None:
