@@ -8,6 +8,7 @@ the old one logged (``upgraded`` event) and waits until it is gone.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -24,7 +25,7 @@ import pytest
 
 from reactor import Reactor
 from reactor.systemd import Notifier
-from reactor.upgrade import Upgrade
+from reactor.upgrade import FDS_VARIABLE, READY_VARIABLE, Successor, Upgrade
 from support import REPO_ROOT, wait_for
 from test_cli import EVENT_TIMEOUT, Running, ask, ask_datagram, descendants_of, tcp_address
 
@@ -79,7 +80,7 @@ def _upgrade(running: Running, pids: list[int]) -> int:
     return int(upgraded["new_pid"])
 
 
-def test_usr2_hands_tcp_and_unix_listeners_to_a_new_master_and_the_old_one_exits_0(unix_dir: str) -> None:
+def test_usr2_hands_tcp_and_unix_listeners_to_a_new_master_and_the_old_one_exits_0_twice(unix_dir: str) -> None:
     pid_file = os.path.join(unix_dir, "pid")
     path = os.path.join(unix_dir, "who.sock")
     with ended_on_exit([]) as pids, Running(["--pid-file", pid_file, "cli_apps:WhoHandler",
@@ -97,12 +98,26 @@ def test_usr2_hands_tcp_and_unix_listeners_to_a_new_master_and_the_old_one_exits
         assert os.path.exists(path)
         assert Path(pid_file).read_text() == f"{new}\n"
         assert _listener_nonblocking(new, address[1])  # the old master's leaving did not restore blocking
-        # The new master owns what it inherited: it removes the socket file and the pid file when it stops.
+        # And again: the new master upgrades as the first one did (what it inherited, it passes on).
         start = len(running.events)
-        os.kill(new, signal.SIGTERM)
-        running.wait_for(lambda e: e.get("pid") == new and e.get("event") == "stopped", "new master stopped",
+        os.kill(new, signal.SIGUSR2)
+        newer = running.wait_for(lambda e: e.get("pid") == new and e.get("event") == "upgrading",
+                                 "second upgrade", start=start)["new_pid"]
+        pids.append(newer)
+        running.wait_for(lambda e: e.get("pid") == new and e.get("event") == "upgraded", "second upgrade done",
+                         start=start)
+        running.wait_for(lambda e: e.get("pid") == new and e.get("event") == "stopped", "second master stopped",
                          start=start)
         wait_for(lambda: _gone(new), EVENT_TIMEOUT)
+        assert ask(address, b"").split()[0] == str(newer).encode()
+        assert ask(path, b"", socket.AF_UNIX).split()[0] == str(newer).encode()
+        assert Path(pid_file).read_text() == f"{newer}\n"
+        # The last master owns what it inherited: it removes the socket file and the pid file when it stops.
+        start = len(running.events)
+        os.kill(newer, signal.SIGTERM)
+        running.wait_for(lambda e: e.get("pid") == newer and e.get("event") == "stopped", "last master stopped",
+                         start=start)
+        wait_for(lambda: _gone(newer), EVENT_TIMEOUT)
         assert not os.path.exists(path)
         assert not os.path.exists(pid_file)
 
@@ -429,3 +444,50 @@ def test_inherited_descriptors_and_udp_are_handed_over_too(unix_dir: str) -> Non
 def test_the_example_unit_lets_the_new_master_notify() -> None:
     unit = (REPO_ROOT / "examples" / "systemd" / "reactor-demo.service").read_text()
     assert re.search(r"^Type=notify$", unit, re.M) and re.search(r"^NotifyAccess=all$", unit, re.M)
+
+
+# ---------------------------------------------------------------- the new master's side, in-process
+
+
+def test_the_successor_takes_its_variables_out_of_the_environment_and_reports_ready(unix_dir: str) -> None:
+    path = os.path.join(unix_dir, "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    st = os.stat(path)
+    read_end, write_end = os.pipe()
+    env = {FDS_VARIABLE: json.dumps([{"server": 0, "bind": 0, "url": f"unix://{path}", "fd": listener.detach(),
+                                      "path": path, "device": st.st_dev, "inode": st.st_ino}]),
+           READY_VARIABLE: str(write_end), "WATCHDOG_USEC": "1000000", "OTHER": "kept"}
+    try:
+        successor = Successor.from_environment(env)
+        assert successor is not None
+        assert env == {"WATCHDOG_USEC": "1000000", "OTHER": "kept", "WATCHDOG_PID": str(os.getpid())}
+        bind = type("Bind", (), {"url": f"unix://{path}"})()
+        assert successor.take(1, [bind]) is None  # another server's
+        (taken_bind, sock), = successor.take(0, [bind]) or []
+        assert taken_bind is bind and sock.gettimeout() == 0.0 and not sock.get_inheritable()
+        listener_record = type("Listener", (), {"bind": bind, "sock": sock, "unix_path": None})()
+        assert not successor.reported
+        successor.ready([listener_record])
+        assert successor.reported
+        assert os.read(read_end, 100) == f"READY {os.getpid()}\n".encode()
+        assert os.read(read_end, 100) == b""  # and closed
+        assert listener_record.unix_path.owner_pid == os.getpid() and listener_record.unix_path.is_ours()
+        sock.close()
+    finally:
+        os.close(read_end)
+        with contextlib.suppress(OSError):
+            os.close(write_end)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({FDS_VARIABLE: "[]"}, "go together"),
+    ({FDS_VARIABLE: "not json", READY_VARIABLE: "0"}, "is malformed"),
+    ({FDS_VARIABLE: '[{"server": 0}]', READY_VARIABLE: "0"}, "is malformed"),
+])
+def test_malformed_upgrade_variables_are_a_clear_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Successor.from_environment(env)
+    assert env == {}
+    assert Successor.from_environment({}) is None
