@@ -33,7 +33,9 @@ Rules
 -----
 1. The successor takes ownership of an inherited Unix socket file only once
    it has reported ready; a successor that fails before never removes the
-   path the old master still serves.
+   path the old master still serves. At the deadline the old master reads
+   the pipe once more before it ends the successor, so a report that came
+   with the deadline is a hand-over, not a failure.
 2. A successor sets every inherited socket non-blocking before hosting it,
    so its own leaving (even a failed start) restores non-blocking, never
    blocking, for the old master still accepting on it.
@@ -272,10 +274,16 @@ class Upgrade:
         self._process, self._ready_read, self._buffer = process, read_end, b""
         self._loop, self._listeners, self._on_ready, self._on_failed = loop, listeners, on_ready, on_failed
         loop.add_reader(read_end, self._on_readable)
-        self._timer = loop.call_later(self.timeout, self._fail, f"not ready within {self.timeout:g} s")
+        self._timer = loop.call_later(self.timeout, self._on_timeout)
         logger.info("SIGUSR2: upgrading: new master %d started; serving until it is ready", process.pid,
                     extra={"event": "upgrading", "new_pid": process.pid})
         return True
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._on_readable()  # a report that came with the deadline still counts (rule 1: it owns the files now)
+        if self._ready_read is not None:
+            self._fail(f"not ready within {self.timeout:g} s")
 
     def _on_readable(self) -> None:
         assert self._ready_read is not None
