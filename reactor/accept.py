@@ -83,8 +83,8 @@ from .loop import EventLoop
 
 __all__ = [
     "Dispatch", "HostedServer", "HostingOptions", "Inline", "Job", "MessageMode", "PauseReason", "STATS_GAUGES",
-    "close_parked",
-    "describe_server", "make_nonblocking", "process_request_safely", "serve_parked",
+    "close_parked", "describe_server", "keep_listener_nonblocking", "make_nonblocking", "process_request_safely",
+    "serve_parked",
 ]
 
 logger = logging.getLogger(__name__)
@@ -895,11 +895,32 @@ def _overrides(server: Any, name: str) -> bool:
     return method is not None and method is not getattr(_stdlib_socketserver.BaseServer, name)
 
 
+#: The attribute ``keep_listener_nonblocking()`` sets on a server.
+_KEEP_NONBLOCKING = "_reactor_keep_listener_nonblocking"
+
+
+def keep_listener_nonblocking(server: Any) -> None:
+    """Let ``server``'s listener stay non-blocking when it leaves its hosting (no mode restored).
+
+    For a listener handed over to another process that serves it too (a
+    whole-process upgrade): ``O_NONBLOCK`` lives in the open file description
+    that every process holding the socket shares, so restoring the blocking
+    mode here would make the other process's ``accept()`` block. What
+    ``Reactor.close(restore_listeners=False)`` uses; it applies to every
+    strategy's restore (the accept path's and ``Prefork``'s).
+
+    Raises:
+        AttributeError: the server takes no attributes (``__slots__``).
+    """
+    setattr(server, _KEEP_NONBLOCKING, True)
+
+
 def make_nonblocking(server: Any, fd: int) -> Callable[[], None]:
     """Put the listener in non-blocking mode; return a function that restores its old mode.
 
     Goes through the server's socket object when it has one, so the object's
-    idea of its timeout stays consistent with the descriptor.
+    idea of its timeout stays consistent with the descriptor. The restore
+    does nothing once :func:`keep_listener_nonblocking` marked the server.
     """
     sock = getattr(server, "socket", None)
     if isinstance(sock, socket.socket) and sock.fileno() == fd:
@@ -907,7 +928,7 @@ def make_nonblocking(server: Any, fd: int) -> Callable[[], None]:
         sock.setblocking(False)
 
         def restore_socket() -> None:
-            if sock.fileno() >= 0:
+            if sock.fileno() >= 0 and not getattr(server, _KEEP_NONBLOCKING, False):
                 sock.settimeout(previous_timeout)
 
         return restore_socket
@@ -915,6 +936,8 @@ def make_nonblocking(server: Any, fd: int) -> Callable[[], None]:
     os.set_blocking(fd, False)
 
     def restore_fd() -> None:
+        if getattr(server, _KEEP_NONBLOCKING, False):
+            return
         try:
             os.set_blocking(fd, previous_blocking)
         except OSError:

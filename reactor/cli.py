@@ -39,6 +39,9 @@ TERM/INT: graceful stop (twice: at once). HUP: rolling reload of every
 Prefork pool; new workers re-import the handler's module from disk when its
 source changed, so new code serves without a dropped connection. TTIN/TTOU:
 one Prefork worker more/fewer in every pool. USR1: reopen ``--log-file``.
+USR2: whole-process upgrade: a new master (a fresh ``python -m reactor``
+with the same arguments) inherits every listening socket; once it is ready
+this one drains and exits (see ``reactor.upgrade``).
 
 Statistics
 ----------
@@ -83,6 +86,7 @@ from .dispatch import Dispatch, Inline, ThreadPool
 from .hosting import Reactor, Topology
 from .prefork import Prefork
 from .systemd import ActivatedSocket, Notifier, listen_fds
+from .upgrade import Successor, Upgrade, successor_command
 
 __all__ = ["BindAddress", "StartupError", "UsageError", "adopt_socket", "main", "parse_bind", "parse_dispatch",
            "server_class_for"]
@@ -265,6 +269,8 @@ signals:
   HUP         reload: new Prefork workers (new code of the handler's module), then the old ones retire
   TTIN, TTOU  one Prefork worker more / fewer, in every pool
   USR1        reopen --log-file (after logrotate moved it)
+  USR2        upgrade: start a new master (new code) on the same sockets; once it
+              is ready, this one drains and exits (its pid is in --pid-file)
 
 exit status: 0 after a stop by signal, 1 if it could not start or a pool failed, 2 for bad arguments.
 """
@@ -907,13 +913,39 @@ def _make_dispatch(config: ServerConfig, server: Any) -> Dispatch | Topology:
                    on_worker_start=CodeReloader.for_server(server))
 
 
+#: The position ``--admin``'s socket takes among the listeners an upgrade hands over.
+_ADMIN_SERVER = -1
+
+
+class _AdminListener:
+    """``--admin``'s socket as an upgrade sees a listener; its Unix file is the admin server's."""
+
+    def __init__(self, admin: AdminServer, address: AdminAddress) -> None:
+        self.admin = admin
+        self.bind = address
+        self.sock: socket.socket = admin.sock
+
+    @property
+    def unix_path(self) -> UnixSocketPath | None:
+        return self.admin.unix_path
+
+    @unix_path.setter
+    def unix_path(self, value: UnixSocketPath | None) -> None:
+        self.admin.unix_path = value
+
+
 class Command:
     """One run of the command: start everything or nothing, serve, stop cleanly."""
 
-    def __init__(self, config: Config, log_handler: logging.Handler | None = None) -> None:
+    def __init__(self, config: Config, log_handler: logging.Handler | None = None,
+                 argv: Sequence[str] | None = None) -> None:
         self.config = config
         self.log_handler = log_handler
         self.notifier = Notifier()
+        # SIGUSR2 starts the same command line in the directory we started in (before --chdir).
+        self.upgrade = Upgrade(successor_command(sys.argv[1:] if argv is None else argv), cwd=os.getcwd(),
+                               notifier=self.notifier)
+        self.successor: Successor | None = None
         self.reactor: Reactor | None = None
         self.hosted: list[Hosted] = []
         self.listeners: list[Listener] = []
@@ -946,6 +978,10 @@ class Command:
             activated = listen_fds()  # clears LISTEN_* whether we use them or not
         except ValueError as exc:
             raise StartupError(f"socket activation: {exc}") from None
+        try:
+            self.successor = Successor.from_environment()  # an upgrade's new master: inherited sockets
+        except ValueError as exc:
+            raise StartupError(f"upgrade: {exc}") from None
         # The reactor first: its signal handlers record a SIGTERM that arrives while starting.
         reactor = self.reactor = Reactor()
         try:
@@ -961,12 +997,20 @@ class Command:
         config = self.config
         used: set[int] = set()
         per_server: list[list[Listener]] = []
+        inherited_admin: socket.socket | None = None
         try:
-            for server in config.servers:
-                opened = open_listeners(server, activated, used)
+            for index, server in enumerate(config.servers):
+                taken = self.successor.take(index, server.binds) if self.successor is not None else None
+                opened = ([Listener(bind, sock) for bind, sock in taken] if taken is not None
+                          else open_listeners(server, activated, used))
                 self.listeners.extend(opened)
                 per_server.append(opened)
+            if config.admin is not None and self.successor is not None:
+                taken_admin = self.successor.take(_ADMIN_SERVER, [config.admin])
+                inherited_admin = taken_admin[0][1] if taken_admin is not None else None
         finally:
+            if self.successor is not None:
+                self.successor.close_untaken()
             for item in activated:
                 if item.sock.fileno() not in used and item.sock.fileno() >= 0:
                     logger.warning("socket-activated %s (%s) is not served by any --bind; closing it",
@@ -987,11 +1031,11 @@ class Command:
                 self.hosted.append(Hosted(server_config, listener, server, _make_dispatch(server_config, server),
                                           context))
         if config.admin is not None:
-            self._bind_admin(config.admin)
+            self._bind_admin(config.admin, inherited_admin)
         if config.pid_file is not None:
             self._write_pid_file(config.pid_file)
-        if config.user is not None or config.group is not None:
-            self._drop_privileges()
+        if (config.user is not None or config.group is not None) and self.successor is None:
+            self._drop_privileges()  # (a successor runs as the user the old master switched to)
         reactor = self.reactor
         assert reactor is not None
         # Prefork pools fork before any thread exists (a ThreadPool starts its threads with its first request).
@@ -1008,13 +1052,18 @@ class Command:
         if self.admin is not None:
             self.admin.start()
 
-    def _bind_admin(self, address: AdminAddress) -> None:
-        """Bind ``--admin`` (not started: ``_start`` starts it once the servers are hosted)."""
+    def _bind_admin(self, address: AdminAddress, inherited: socket.socket | None) -> None:
+        """Bind ``--admin``, or serve the socket an upgrade's old master passed on (not started:
+        ``_start`` starts it once the servers are hosted)."""
         assert self.reactor is not None
-        try:
-            sock, unix_path = bind_admin(address)
-        except (OSError, ValueError) as exc:
-            raise StartupError(f"--admin {address.url}: {exc}") from None
+        unix_path: UnixSocketPath | None = None  # an inherited file becomes ours at ready()
+        if inherited is not None:
+            sock = inherited
+        else:
+            try:
+                sock, unix_path = bind_admin(address)
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"--admin {address.url}: {exc}") from None
         self.admin = AdminServer(self.reactor, sock, self.snapshot, unix_path=unix_path)
         where = sock.getsockname()
         fields: dict[str, Any] = {"event": "admin", "url": address.url}
@@ -1131,6 +1180,7 @@ class Command:
         reactor.add_signal_handler(signal.SIGTTIN, self._on_workers, +1)
         reactor.add_signal_handler(signal.SIGTTOU, self._on_workers, -1)
         reactor.add_signal_handler(signal.SIGUSR1, self._on_reopen_logs)
+        reactor.add_signal_handler(signal.SIGUSR2, self._on_upgrade)
 
     def _on_stop_signal(self, name: str) -> None:
         assert self.reactor is not None
@@ -1180,6 +1230,39 @@ class Command:
         else:
             logger.info("SIGUSR1: logging to stderr, nothing to reopen")
 
+    def _on_upgrade(self) -> None:
+        reactor = self.reactor
+        assert reactor is not None
+        if not self._ready or self._stopping:
+            logger.warning("SIGUSR2: %s; no upgrade now", "stopping" if self._stopping else "not ready yet",
+                           extra={"event": "upgrade_ignored"})
+            return
+        positions = {id(bind): (i, j) for i, server in enumerate(self.config.servers)
+                     for j, bind in enumerate(server.binds)}
+        handed: list[Any] = list(self.listeners)
+        where = [positions[id(listener.bind)] for listener in self.listeners]
+        for admin in self._admin_listener():  # --admin goes along, or the new master could not bind it
+            handed.append(admin)
+            where.append((_ADMIN_SERVER, 0))
+        self.upgrade.start(reactor, handed, where, on_ready=self._on_upgraded, on_failed=self._on_upgrade_failed)
+
+    def _admin_listener(self) -> list[_AdminListener]:
+        if self.admin is None or self.config.admin is None:
+            return []
+        return [_AdminListener(self.admin, self.config.admin)]
+
+    def _on_upgraded(self, new_pid: int) -> None:
+        assert self.reactor is not None
+        self.pid_file_written = False  # the new master's pid is in it now
+        self.reactor.stop()
+
+    def _on_upgrade_failed(self) -> None:
+        if self.pid_file_written and self.config.pid_file is not None and not self._stopping:
+            try:
+                self._write_pid_file(self.config.pid_file)  # the failed one may have written or removed it
+            except StartupError as exc:
+                logger.warning("%s", exc)
+
     # -- readiness -------------------------------------------------------------
 
     def _check_ready(self) -> None:
@@ -1205,6 +1288,9 @@ class Command:
             logger.info("reloaded: %s", status, extra={"event": "reloaded"})
         self._reload_pending = None
         self.notifier.ready(status)
+        if self.successor is not None:
+            # An upgrade's new master: the old one hands over and leaves.
+            self.successor.ready([*self.listeners, *self._admin_listener()])
 
     def _status(self) -> str:
         parts = []
@@ -1228,14 +1314,17 @@ class Command:
                 code = 1
             self._stopping = True
             self.notifier.stop_watchdog()
-            self.notifier.stopping("stopping")
+            self.upgrade.abort()
+            # Not when the service goes on in another master: ours, or the old one (we are its failed successor).
+            if not self.upgrade.handed_over and (self.successor is None or self.successor.reported):
+                self.notifier.stopping("stopping")
             logger.info("stopping: draining %d server(s)", len(self.hosted), extra={"event": "stopping"})
-            reactor.close()
+            reactor.close(restore_listeners=not self.upgrade.handed_over)
         finally:
             self._stopping = True
             self.notifier.stop_watchdog()
             if not reactor.closed:
-                reactor.close()
+                reactor.close(restore_listeners=not self.upgrade.handed_over)
             for listener in self.listeners:
                 listener.close()
             if self.admin is not None:
@@ -1263,7 +1352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: logging.Handler | None = None
     try:
         handler = configure_logging(config)
-        return Command(config, handler).run()
+        return Command(config, handler, arguments).run()
     except StartupError as exc:
         if handler is None:
             sys.stderr.write(f"{PROG}: error: {exc}\n")

@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ._platform import HAS_UNIX_SOCKETS
 from ._procinfo import process_info
 from ._timers import TimerHandle
-from .accept import STATS_GAUGES, Dispatch, HostedServer, HostingOptions, Inline, describe_server
+from .accept import (
+    STATS_GAUGES, Dispatch, HostedServer, HostingOptions, Inline, describe_server, keep_listener_nonblocking,
+)
 from .admission import AdmissionOptions
 from .binding import describe_address
 from .loop import EventLoop
@@ -529,13 +531,22 @@ class Reactor(EventLoop):
             self._abort_requested = True
         super().stop()
 
-    def close(self) -> None:
+    def close(self, *, restore_listeners: bool = True) -> None:
         """Drain every hosted server at once, then ``server_close()`` each; drop timers; close the selector.
 
         Hosting transfers ownership, so servers still hosted are closed; use
         ``remove_server()`` first to keep one. Servers removed from inside the
         loop that are still draining finish (or are aborted) here, unclosed.
         Idempotent.
+
+        Args:
+            restore_listeners: give each hosted listener back the blocking mode
+                it had before it was hosted (the default). False leaves them
+                non-blocking: for listeners another process serves too, e.g. a
+                new master that inherited them in a whole-process upgrade
+                (``O_NONBLOCK`` lives in the open file description both
+                processes share, so restoring it here would make the other's
+                ``accept()`` block). See :func:`reactor.accept.keep_listener_nonblocking`.
 
         Raises:
             RuntimeError: the reactor is running.
@@ -545,6 +556,9 @@ class Reactor(EventLoop):
         if self.running:
             raise RuntimeError("cannot close a running reactor; stop() it first")
         hosted = list(self._attachments.values())
+        if not restore_listeners:
+            for attachment in [*hosted, *(departure.attachment for departure in self._leaving.values())]:
+                keep_listener_nonblocking(attachment.server)
         self._attachments.clear()
         for attachment in hosted:
             self._restore_shutdown(attachment.server)

@@ -26,7 +26,8 @@ A ``Type=notify`` service tells its manager how it is doing with datagrams
 sent to the Unix socket named by ``NOTIFY_SOCKET`` (a filesystem path, or
 ``@name`` for the Linux abstract namespace): ``READY=1`` once it serves,
 ``RELOADING=1`` (with ``MONOTONIC_USEC=``) and ``READY=1`` around a reload,
-``STOPPING=1`` when it begins to stop, ``STATUS=...`` free text for
+``STOPPING=1`` when it begins to stop, ``MAINPID=`` when another process
+takes over as the main one (a whole-process upgrade), ``STATUS=...`` free text for
 ``systemctl status``, and ``WATCHDOG=1`` keep-alives when ``WatchdogSec=`` is
 set (the manager passes ``WATCHDOG_USEC`` and, optionally, ``WATCHDOG_PID``).
 :class:`Notifier` sends them; without ``NOTIFY_SOCKET`` every method does
@@ -254,6 +255,14 @@ class Notifier:
     def stopping(self, status: str | None = None) -> bool:
         """``STOPPING=1``: the service began to stop."""
         return self.notify("STOPPING=1", *_status(status))
+
+    def main_pid(self, pid: int, status: str | None = None) -> bool:
+        """``MAINPID=pid``: the service's main process is now ``pid`` (after a whole-process upgrade).
+
+        The manager accepts it from the current main process; the new one
+        may notify before that only under ``NotifyAccess=all``.
+        """
+        return self.notify(f"MAINPID={pid}", *_status(status))
 
     def status(self, text: str) -> bool:
         """``STATUS=text``: one line for ``systemctl status``."""

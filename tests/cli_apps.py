@@ -97,3 +97,11 @@ def gated_server(sock: socket.socket) -> Any:
     """A factory: a WhoHandler server whose Prefork workers boot only once the test opens the gate."""
     os.environ["REACTOR_TEST_MASTER"] = str(os.getpid())
     return adopt_socket(_GatedServer, sock, WhoHandler)
+
+
+class PidEchoHandler(socketserver.StreamRequestHandler):
+    """Answers every line with ``pid line``: which process served it."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(f"{os.getpid()} ".encode() + line)

@@ -202,7 +202,7 @@ def test_help_teaches_usage_with_examples_bind_urls_and_signals() -> None:
     text = result.stdout
     assert text.startswith("usage: reactor [OPTIONS] SPEC [SERVER OPTIONS] [--serve SPEC [SERVER OPTIONS]]...")
     for needle in ("examples:", "http.server:SimpleHTTPRequestHandler", "bind URLs:", "systemd://NAME",
-                   "unix://@NAME", "fd://N", "signals:", "USR1", "--dispatch",
+                   "unix://@NAME", "fd://N", "signals:", "USR1", "USR2", "--dispatch",
                    "prefork:N[,threads=T]", "--tls-cert FILE", "--proxy-trusted CIDR", "--log-format FORMAT",
                    "--pid-file PATH", "--user", "exit status:"):
         assert needle in text, needle

@@ -31,7 +31,7 @@ import pytest
 from reactor import Dispatch, Inline, Reactor
 from reactor.accept import HostedServer
 from reactor._platform import available_selectors
-from support import ipv6_available, wait_for
+from support import ipv6_available, run_python, wait_for
 
 SELECTORS = available_selectors()
 SELECTOR_IDS = [cls.__name__ for cls in SELECTORS]
@@ -281,6 +281,50 @@ def test_remove_server_restores_the_socket_timeout(
         assert os.get_blocking(server.fileno()) == (timeout_before is None)
     finally:
         server.server_close()
+
+
+@pytest.mark.parametrize("restore", [True, False], ids=["restored", "kept-nonblocking"])
+@pytest.mark.parametrize("family", FAMILIES, ids=FAMILY_IDS)
+def test_close_can_leave_the_listeners_nonblocking_for_another_process(
+        family: Family, restore: bool, unix_dir: str) -> None:
+    # O_NONBLOCK lives in the open file description: a dup (as another process inheriting it) sees the flag.
+    server = family.server(unix_dir)
+    other = os.dup(server.fileno())
+    try:
+        reactor = Reactor()
+        reactor.add_server(server, Inline())
+        assert not os.get_blocking(other)
+        reactor.close(restore_listeners=restore)
+        assert server.socket.fileno() == -1  # closed all the same
+        assert os.get_blocking(other) == restore
+    finally:
+        os.close(other)
+
+
+def test_close_can_leave_a_prefork_listener_nonblocking_too() -> None:
+    script = """
+        import os, socketserver, sys
+        from reactor import Reactor
+        from reactor.prefork import Prefork
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                pass
+
+        for restore in (True, False):
+            server = socketserver.TCPServer(("127.0.0.1", 0), Handler)
+            other = os.dup(server.fileno())
+            reactor = Reactor()
+            reactor.add_server(server, Prefork(1, graceful_timeout=5))
+            reactor.run_until(lambda: reactor.server_stats(server)["ready"], 20)
+            assert reactor.server_stats(server)["ready"], "the worker did not boot"
+            reactor.close(restore_listeners=restore)
+            print(restore, os.get_blocking(other))
+            os.close(other)
+    """
+    result = run_python(script, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split("\n")[:2] == ["True True", "False False"]
 
 
 def test_http_xmlrpc_and_echo_servers_share_one_reactor_thread(

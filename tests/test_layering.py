@@ -54,6 +54,8 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     ("__init__",),
     # The admin endpoint (statistics over HTTP) stands on the loop alone; the command serves it.
     ("admin",),
+    # The whole-process upgrade the command runs on SIGUSR2 (loop, binding and systemd below it).
+    ("upgrade",),
     # The command stands on everything and nothing imports it; ``python -m reactor`` runs it.
     ("cli",),
     ("__main__",),
@@ -72,6 +74,7 @@ FORBIDDEN = {
     "hosting": {"socketserver", "dispatch", "prefork"},
     # The admin endpoint knows a reactor only by its stats() snapshot and the loop's public API.
     "admin": {"accept", "hosting", "socketserver", "dispatch", "prefork", "protocol"},
+    "upgrade": {"accept", "hosting", "socketserver", "dispatch", "prefork", "protocol"},
 }
 
 

@@ -225,6 +225,8 @@ def test_notifications_reach_a_path_or_abstract_socket(notify_socket: tuple[str,
     assert _received(sock) == ["STATUS=two lines"]
     assert notifier.watchdog()
     assert _received(sock) == ["WATCHDOG=1"]
+    assert notifier.main_pid(4242, "upgraded")
+    assert _received(sock) == ["MAINPID=4242", "STATUS=upgraded"]
     with pytest.raises(ValueError):
         notifier.notify("no equals sign")
 
