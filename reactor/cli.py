@@ -952,6 +952,8 @@ class Command:
         self.pid_file_written = False
         self.admin: AdminServer | None = None
         self._reload_pending: dict[int, set[int]] | None = None
+        #: Each pool's ``reloads_aborted`` when the pending reload began.
+        self._reload_aborts: dict[int, int] = {}
         self._ready = False
         self._stopping = False
 
@@ -1205,6 +1207,7 @@ class Command:
                     len(pools), extra={"event": "reloading"})
         self.notifier.reloading("reloading")
         self._reload_pending = {id(pool): set(pool.worker_pids) for pool in pools}
+        self._reload_aborts = {id(pool): pool.reloads_aborted for pool in pools}
         for pool in pools:
             pool.reload()
         self._check_ready()
@@ -1271,7 +1274,11 @@ class Command:
         if reactor is None or reactor.closed or self._stopping:
             return
         waiting = False
+        aborted = []
         for pool in self._pools():
+            if self._reload_pending is not None and pool.reloads_aborted > self._reload_aborts.get(id(pool), 0):
+                aborted.append(pool)  # a new worker failed to boot: the old ones serve on
+                continue
             stats = pool.stats()
             pids, ready = set(stats["pids"]), set(stats["ready"])
             old = (self._reload_pending or {}).get(id(pool), set())
@@ -1284,6 +1291,9 @@ class Command:
         if not self._ready:
             self._ready = True
             logger.info("ready: %s", status, extra={"event": "ready"})
+        elif self._reload_pending is not None and aborted:
+            logger.error("reload failed: a new worker of %d pool(s) could not boot; the old workers serve on: %s",
+                         len(aborted), status, extra={"event": "reload_failed"})
         elif self._reload_pending is not None:
             logger.info("reloaded: %s", status, extra={"event": "reloaded"})
         self._reload_pending = None

@@ -464,6 +464,24 @@ def test_new_code_that_fails_to_import_keeps_the_old_code_serving(unix_dir: str)
         assert running.stop() == 0
 
 
+def test_a_reload_whose_new_workers_cannot_boot_is_aborted_and_the_old_ones_serve_on(unix_dir: str) -> None:
+    app = os.path.join(unix_dir, "app")
+    os.mkdir(app)
+    _write_versioned_handler(app, "one")
+    with Running(["--app-dir", app, "versioned:Handler", "--bind", f"unix://{unix_dir}/v.sock",
+                  "--dispatch", "prefork:2"], env={"PYTHONDONTWRITEBYTECODE": "1"}) as running:
+        running.ready()
+        Path(app, "versioned.py").write_text("raise SystemExit('this worker must not start')\n")
+        running.send(signal.SIGHUP)
+        running.event("reload_failed")
+        assert ask(f"{unix_dir}/v.sock", b"", socket.AF_UNIX) == b"one\n"
+        _write_versioned_handler(app, "two")  # fixed: the next reload goes through
+        running.send(signal.SIGHUP)
+        running.event("reloaded")
+        assert ask(f"{unix_dir}/v.sock", b"", socket.AF_UNIX) == b"two\n"
+        assert running.stop() == 0
+
+
 def test_sighup_without_prefork_says_there_is_nothing_to_reload(unix_dir: str) -> None:
     with Running(["cli_apps:EchoHandler", "--bind", f"unix://{unix_dir}/e.sock"]) as running:
         running.ready()

@@ -1373,3 +1373,101 @@ def test_inline_thread_pool_and_prefork_report_the_same_keys(start: Callable[...
     assert shapes["inline"] == shapes["threadpool"] == shapes["prefork"], shapes
     assert set(KNOWN_COUNTERS[:5]) <= shapes["inline"]
     assert (set(KNOWN_COUNTERS) <= shapes["inline"]) is admission
+
+
+RELOAD_BOOT_FAILURE_SCRIPT = r"""
+import json, os, signal, sys
+from reactor import Prefork, Reactor, socketserver
+
+flag = sys.argv[1]
+
+def on_worker_start():
+    try:
+        os.rename(flag, flag + ".used")  # exactly one worker gets the flag, and fails to boot
+    except FileNotFoundError:
+        return
+    raise RuntimeError("the new code does not start")
+
+class Pid(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(f"{os.getpid()}\n".encode())
+
+reactor = Reactor()
+server = socketserver.TCPServer(("127.0.0.1", 0), Pid)
+pool = Prefork(2, on_worker_start=on_worker_start)
+reactor.add_server(server, pool)
+reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
+reactor.add_signal_handler(signal.SIGHUP, pool.reload)
+
+def report():
+    reactor.call_later(0.05, report)
+    stats = pool.stats()
+    print(json.dumps({"ready": len(stats["ready"]), "pids": stats["pids"], "aborted": pool.reloads_aborted}),
+          flush=True)
+
+print(json.dumps(server.server_address), flush=True)
+reactor.call_soon(report)
+reactor.serve_forever()
+reactor.close()
+server.server_close()
+"""
+
+
+def test_a_reload_whose_new_worker_fails_to_boot_is_aborted_and_the_old_workers_serve_on(tmp_path: Path) -> None:
+    import json
+
+    flag = tmp_path / "fail-next-boot"
+    with spawn_python(RELOAD_BOOT_FAILURE_SCRIPT, str(flag)) as proc:
+        assert proc.stdout is not None
+        address = tuple(json.loads(proc.stdout.readline()))
+        try:
+            def state() -> dict[str, int]:
+                line = proc.stdout.readline()  # type: ignore[union-attr]
+                assert line, "the pool process ended"
+                return json.loads(line)
+
+            while state()["ready"] < 2:
+                pass
+            flag.write_text("")
+            proc.send_signal(signal.SIGHUP)
+            while state()["aborted"] < 1:
+                pass
+            while state()["ready"] < 2:  # filled up again
+                pass
+            with socket.create_connection(address, timeout=10) as client:
+                client.sendall(b"who\n")
+                assert client.makefile("rb").readline().strip().isdigit()  # still serving
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_a_replacement_that_fails_to_boot_while_others_serve_is_retried_not_fatal(tmp_path: Path) -> None:
+    import json
+
+    flag = tmp_path / "fail-next-boot"
+    with spawn_python(RELOAD_BOOT_FAILURE_SCRIPT, str(flag)) as proc:
+        assert proc.stdout is not None
+        address = tuple(json.loads(proc.stdout.readline()))
+        try:
+            def state() -> dict[str, Any]:
+                line = proc.stdout.readline()  # type: ignore[union-attr]
+                assert line, "the pool process ended"
+                return json.loads(line)
+
+            while (current := state())["ready"] < 2:
+                pass
+            flag.write_text("")
+            os.kill(current["pids"][0], signal.SIGKILL)  # its replacement fails to boot once
+            while (current := state())["ready"] < 2 or flag.exists():
+                pass
+            assert (tmp_path / "fail-next-boot.used").exists() and current["aborted"] == 0
+            with socket.create_connection(address, timeout=10) as client:
+                client.sendall(b"who\n")
+                assert int(client.makefile("rb").readline()) in current["pids"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+        assert "failed to boot (see its error above) while 1 serve; retrying" in (proc.stderr.read() or "")

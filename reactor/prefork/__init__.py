@@ -64,7 +64,9 @@ Rules
 6. Exit codes are a protocol: 0, the worker stopped as asked or after
    ``max_requests``; ``WORKER_BOOT_FAILED`` (3), it could not start, so
    respawning stops and the master's ``serve_forever()`` raises
-   ``WorkerBootError``; anything else, a crash: respawn, with a back-off that
+   ``WorkerBootError`` -- except for a reload's new worker while workers of
+   before the reload still serve: that aborts the reload, and the old ones
+   serve on; anything else, a crash: respawn, with a back-off that
    doubles (0.1 s up to 5 s) while crashes come within a second of the start.
 7. Arbiters follow the same rules: an arbiter that dies is replaced by its
    standby, after the same back-off if it died within a second of booting its
@@ -208,8 +210,18 @@ class Prefork(Topology):
         """Pid of the arbiter process, while there is one (a new one after a standby took over)."""
         return self._attachment.arbiter_pid if self._attachment else None
 
+    @property
+    def reloads_aborted(self) -> int:
+        """Reloads given up so far because a new worker failed to boot (the old workers served on)."""
+        return self._attachment.reloads_aborted if self._attachment else 0
+
     def reload(self) -> None:
-        """Rolling restart: start a new set of workers, retiring an old one as each new one is ready."""
+        """Rolling restart: start a new set of workers, retiring an old one as each new one is ready.
+
+        If a new worker fails to boot while workers of before the reload still serve, the
+        reload is aborted: the new workers retire, the old ones serve on (and the pool is
+        filled up to its size again, as after any exit), and ``reloads_aborted`` grows.
+        """
         self._command(Command.RELOAD)
 
     def increase(self) -> None:

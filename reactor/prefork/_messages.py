@@ -58,6 +58,7 @@ class Event(str, enum.Enum):
     EXITED = "exited"            #: ``pid``, ``code``: that worker was reaped
     TARGET = "target"            #: ``workers``: the target count changed
     BOOT_FAILED = "boot_failed"  #: ``pid``, ``reason``: the pool stops; the master raises WorkerBootError
+    RELOAD_ABORTED = "reload_aborted"  #: ``pid``, ``reason``: a reload's new worker failed to boot; the old serve on
     STOPPED = "stopped"          #: every worker is gone; the arbiter exits next
     ARBITER = "arbiter"          #: ``pid``, ``previous``, ``reason``: a standby took over from a dead arbiter
     STATS = "stats"              #: ``counters``: the workers' stats summed (see ``_stats.PoolCounters``)

@@ -386,6 +386,8 @@ class _Arbiter:
             if not state.workers:
                 self.reactor.stop()
             return
+        if code == WORKER_BOOT_FAILED and self._boot_failure_survived(worker):
+            return
         if code == WORKER_BOOT_FAILED:
             reason = f"worker {worker.pid} failed to boot (see its error above); not respawning"
             logger.error("%s: %s", self.name, reason)
@@ -405,6 +407,38 @@ class _Arbiter:
         else:
             state.crash_backoff = 0.0
             self._spawn_missing()
+
+    def _boot_failure_survived(self, failed: _Worker) -> bool:
+        """A worker failed to boot; False if that stops the pool: when no worker serves.
+
+        While others serve, one casualty: a reload's new worker aborts the reload (its
+        generation retires, the one before it goes on); a worker of an aborted reload is
+        forgotten; any other is retried with the crash back-off, logged each time.
+        """
+        state = self.state
+        if failed.retiring or failed.generation < state.generation:
+            logger.error("%s: worker %d, already being replaced, failed to boot", self.name, failed.pid)
+            return True
+        serving = [w for w in state.workers.values() if w.ready and not w.retiring]
+        older = [w for w in serving if w.generation < state.generation]
+        if older:
+            reason = (f"worker {failed.pid} of the reload failed to boot (see its error above); the reload is "
+                      f"aborted and {len(older)} worker(s) of before it serve on")
+            logger.error("%s: %s", self.name, reason)
+            for worker in self._current():
+                self._retire(worker, self.plan.settings.graceful_timeout)
+            state.generation += 1  # generations only grow: the workers of before are the current ones again
+            for worker in older:
+                worker.generation = state.generation
+            self.channel.send(event(Event.RELOAD_ABORTED, pid=failed.pid, reason=reason))
+            return True
+        if not serving:
+            return False
+        state.crash_backoff = next_backoff(state.crash_backoff)
+        logger.error("%s: worker %d failed to boot (see its error above) while %d serve; retrying in %.1fs",
+                     self.name, failed.pid, len(serving), state.crash_backoff)
+        self._respawn_later(state.crash_backoff)
+        return True
 
     # -- stopping ----------------------------------------------------------
 

@@ -72,6 +72,8 @@ class MasterSide:
         self.workers: set[int] = set()
         self.ready: set[int] = set()
         self.spawned = 0
+        #: Reloads given up because a new worker failed to boot (the old workers served on).
+        self.reloads_aborted = 0
         #: The last worker exit the arbiter reported: ``{"pid", "code", "reason"}`` (None before any).
         self.last_exit: dict[str, Any] | None = None
         self.arbiter_pid: int | None = None
@@ -207,6 +209,9 @@ class MasterSide:
             self.last_exit = {"pid": pid, "code": code, "reason": describe_exit(code)}
         elif kind is Event.TARGET:
             self.target = message["workers"]
+        elif kind is Event.RELOAD_ABORTED:
+            self.reloads_aborted += 1
+            logger.error("%s: %s", self.name, message.get("reason", "a reload was aborted"))
         elif kind is Event.BOOT_FAILED:
             error = WorkerBootError(f"{self.name}: {message['reason']}")
             logger.error("%s", error)
