@@ -236,9 +236,10 @@ def test_keep_alive_requests_all_complete_on_their_connections_and_probes_use_fr
     # The budget is shared, as with ab -n: a connection that came up late may find it spent.
     assert 1 <= result["conns_served"] <= 8
     assert result["probes"] >= 1 and result["probe_failures"] == 0, result["probe_error_kinds"]
-    # Every request on the 8 kept connections, every probe on one of its own.
+    # Every request on the kept connections (at most 8: one that came up late may never have
+    # connected, the budget spent), every probe on one of its own.
     assert counts.answered == 400 + result["probes"]
-    assert counts.connections == 8 + result["probes"]
+    assert result["conns_served"] + result["probes"] <= counts.connections <= 8 + result["probes"]
 
 
 @pytest.mark.timeout(60)
