@@ -103,7 +103,7 @@ FULL = [
     Workload("shutdown-load", "shutdown", "crr", "tcp", 50),
     Workload("memory", "memory", "idle", "tcp", 1000),
     # Issue 11: 50 active connections beside 10,000 idle ones, and what each idle one costs.
-    Workload("idle10k", "idle-load", "rr", "tcp", 50, idle=IDLE_CONNECTIONS),
+    Workload("idle-load", "idle-load", "rr", "tcp", 50, idle=IDLE_CONNECTIONS),
     # ab -k -c 200 -n 12000: 60 requests per connection on average; about 3.5 s for the stdlib's
     # ThreadingHTTPServer on one CPU, 2 s for ThreadPool(8) with parking.
     Workload("keepalive", "http", "http", "tcp", 200, handler="http", requests=12000, limit_s=10.0),

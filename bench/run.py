@@ -14,8 +14,8 @@ those medians. The keep-alive HTTP cells pair the same way, with the stdlib's
 ThreadingHTTPServer in the reference's place (the C echo server speaks no
 HTTP). An idle-load cell adds a third run to each pair: the contender again,
 with 10,000 idle connections held open beside the load by a second load
-generator (opened after the contender's first run, closed after the third),
-so each pair gives the load's throughput with and without them, back to
+generator (opened after the contender's run alone, closed after the run
+beside them), so each pair gives the load's throughput with and without them, back to
 back, and the memory the idle ones cost. Shutdown and memory cells are run on
 their own (no pairing: their figures are times and bytes, not rates).
 """
@@ -23,6 +23,7 @@ their own (no pairing: their figures are times and bytes, not rates).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -399,6 +400,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each run (default 0.3, quick 0.2)")
     parser.add_argument("--workloads", help="comma-separated workload keys or names to keep (e.g. crr,rr-tcp-c1)")
     parser.add_argument("--contenders", help=f"comma-separated, from: {', '.join(CONTENDERS)}")
+    parser.add_argument("--idle-connections", type=int, metavar="N",
+                        help=f"idle connections of the idle-load workload (default {plans.IDLE_CONNECTIONS:,})")
     parser.add_argument("--python-loadgen", action="store_true", help="use the pure-Python load generator")
     parser.add_argument("--tools", type=Path, default=BENCH / "build",
                         help="where make bench-tools put loadgen and echo_server (default bench/build)")
@@ -407,6 +410,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
+    if args.idle_connections is not None and args.idle_connections < 1:
+        parser.error("--idle-connections must be at least 1")
     args.duration = args.duration if args.duration is not None else 0.5 if args.quick else 1.5
     args.warmup = args.warmup if args.warmup is not None else 0.2 if args.quick else 0.3
     return args
@@ -419,6 +424,8 @@ def select_workloads(args: argparse.Namespace) -> list[Workload]:
         workloads = [w for w in workloads if w.key in wanted or w.name in wanted]
         if not workloads:
             raise SystemExit(f"no workload matches {args.workloads}")
+    if args.idle_connections is not None:
+        workloads = [dataclasses.replace(w, idle=args.idle_connections) if w.idle else w for w in workloads]
     return workloads
 
 
