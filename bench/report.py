@@ -142,12 +142,22 @@ def summarise_idle_load(pairs: list[dict[str, Any]], idle: int) -> dict[str, Any
         "loaded_errors": sum(r["errors"] for r in loaded),
         "loaded_error_kinds": _sum_kinds(loaded),
         "loaded_server_cpu_percent": _median([r["server_cpu_percent"] for r in loaded]),
+        # Server CPU per exchange, alone and beside the idle connections: steadier than the rates
+        # on a machine whose other load comes and goes.
+        "cpu_us_per_op": _median([x for r in alone if (x := _cpu_us(r)) is not None]),
+        "loaded_cpu_us_per_op": _median([x for r in loaded if (x := _cpu_us(r)) is not None]),
         "idle_pss_mb": max((p["idle"]["pss"] or p["idle"]["rss"]) for p in pairs) / MB,
         "idle_memory_is_pss": all(p["idle"]["pss"] is not None for p in pairs),
         "kib_per_idle": max(per_idle) / 1024,
         "fds_beside_idle": min(p["idle"]["fds"] for p in pairs),
     })
     return summary
+
+
+def _cpu_us(run: dict[str, Any]) -> float | None:
+    """A run's server CPU per exchange in microseconds (None without exchanges)."""
+    rate: float = run["ops_per_s"]
+    return run["server_cpu_percent"] / 100 / rate * 1e6 if rate else None
 
 
 def one_line(cell: dict[str, Any]) -> str:
@@ -469,7 +479,7 @@ def _idle_load_section(group: list[dict[str, Any]]) -> list[str]:
     lines = ["Each pair: the C reference, the contender alone, then the contender again while a second load "
              f"generator holds {'the' if idle is None else f'{idle:,}'} idle connections open (each served once, "
              "opened after the run alone and closed after the run beside them). `beside / alone` is the median "
-             "of the per-pair ratios; memory is the server's growth from just before the idle connections "
+             "of the per-pair ratios (server CPU per exchange, beside it, is the steadier figure on a busy machine); memory is the server's growth from just before the idle connections "
              "were opened to once they were all served, per idle connection held (the worst pair). "
              "`fds` counts the server's descriptors after the run beside them: the idle connections were "
              f"still open. Target for {label(IDLE_TARGET_CONTENDER)}: beside / alone >= {IDLE_KEEP}, "
@@ -484,11 +494,16 @@ def _idle_load_section(group: list[dict[str, Any]]) -> list[str]:
         kinds = _sum_kinds([{"error_kinds": s["error_kinds"]}, {"error_kinds": s["loaded_error_kinds"]}])
         rows.append([_cell_label(c), _num(s["ops_per_s"]), _ratio(s["ratio_to_reference"]),
                      _num(s["loaded_ops_per_s"]), _ratio(s["loaded_to_alone"]), _ms(s["loaded_p99_us"]),
+                     f"{_us(s.get('cpu_us_per_op'))} / {_us(s.get('loaded_cpu_us_per_op'))}",
                      f"{s['idle_held']}/{s['idle']}", f"{s['fds_beside_idle']}", f"{s['idle_pss_mb']:.1f}",
                      f"{s['kib_per_idle']:.2f}", f"{errors}{_kinds(kinds)}"])
     return lines + _table(["contender", "ops/s alone", "x ref", "ops/s beside idle", "beside / alone",
-                           "p99 ms beside idle", "idle held", "fds", "PSS MB with idle", "KiB per idle connection",
-                           "errors"], rows)
+                           "p99 ms beside idle", "CPU us/op alone / beside", "idle held", "fds", "PSS MB with idle",
+                           "KiB per idle connection", "errors"], rows)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _memory_row(c: dict[str, Any]) -> list[str]:

@@ -314,7 +314,9 @@ def test_the_report_renders_an_idle_load_section() -> None:
             "placement": "p", "placement_cpu_workload": "p", "pairs": 1, "warmup_s": 0.3, "duration_s": 1.5,
             "plan": "full", "elapsed_s": 1, "workloads": {idle.key: idle.describe()}}
     markdown = report.markdown({"meta": meta, "cells": [cell, na]}, None)
-    assert "| reactor Protocol | 500 | 0.50x | 450 | 0.90x | 0.20 | 100/100 | 110 | 1.2 | 2.00 | 0 |" in markdown
+    # CPU per exchange: 90 % of a CPU over 500 and 450 exchanges a second.
+    assert "| reactor Protocol | 500 | 0.50x | 450 | 0.90x | 0.20 | 1800.0 / 2000.0 | 100/100 | 110 | 1.2 | 2.00 | 0 |" \
+        in markdown
     assert "| stdlib ThreadingTCPServer | n/a: a thread or process per connection: 150 of them |" in markdown
     assert "beside 100 idle connections" in markdown
     assert "2.00 KiB per idle connection" in report.one_line(cell)
