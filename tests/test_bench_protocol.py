@@ -203,7 +203,9 @@ def test_the_event_driven_workloads_run_end_to_end_with_the_python_fallback(tmp_
     assert s["loaded_ops_per_s"] > 0 and s["loaded_errors"] == 0 and s["loaded_to_alone"] > 0
     # Every idle connection was still open in the server after the run beside them.
     assert all(p["idle"]["fds"] >= p["idle"]["base_fds"] + 100 for p in idle["pairs"])
-    assert s["kib_per_idle"] >= 0
+    # A difference of two PSS samples: with only 100 idle connections the heap's own churn can
+    # outweigh them (even below zero), so only its presence is checked here.
+    assert isinstance(s["kib_per_idle"], float)
     markdown = (tmp_path / "smoke.md").read_text()
     assert "| reactor Protocol | " in markdown and "KiB per idle connection" in markdown
     # The idle-load targets are judged on any run; the ratios to the C server only against the C server.
