@@ -81,7 +81,7 @@ bench-tools: ## build the C load generator and reference server in bench/build
 	  echo "no C compiler ($(CC)): the bench uses bench/pyloadgen.py, labelled as such in the report"; \
 	fi
 
-bench: $(VENV)/.bench-installed bench-tools ## full benchmark (~20 min): bench/results/<date>.{json,md,png}
+bench: $(VENV)/.bench-installed bench-tools ## full benchmark (~35 min): bench/results/<date>.{json,md,png}
 	$(VPY) bench/run.py $(BENCH_ARGS)
 
 bench-quick: $(VENV)/.bench-installed bench-tools ## a small subset of the benchmark, under a minute

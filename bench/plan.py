@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass
 
 from servers import CONTENDERS, STREAM_TRANSPORTS, Contender
@@ -13,7 +14,8 @@ class Workload:
 
     name: str
     #: "throughput" (paired with the C reference), "http" (paired with the stdlib's
-    #: ThreadingHTTPServer), "shutdown" or "memory".
+    #: ThreadingHTTPServer), "shutdown", "memory", or "idle-load" (throughput with and without
+    #: ``idle`` idle connections held open beside the load, paired with the C reference too).
     kind: str
     #: The load generator's mode (see LOADGEN.md); for "shutdown-idle", no load at all.
     mode: str
@@ -26,6 +28,8 @@ class Workload:
     #: limit in seconds (its --duration; a healthy server answers them all well within it).
     requests: int = 0
     limit_s: float = 0.0
+    #: idle-load: idle connections held open (each served once) while the load runs.
+    idle: int = 0
 
     @property
     def key(self) -> str:
@@ -37,6 +41,16 @@ class Workload:
         """Connections stay open for the whole run, so a server must hold them all at once."""
         return self.mode in ("rr", "idle")
 
+    @property
+    def connections(self) -> int:
+        """Stream connections the server holds at once at the peak (persistent workloads)."""
+        return self.concurrency + self.idle
+
+    @property
+    def descriptors(self) -> int:
+        """File descriptors the server (and the load generators, together) need for this workload."""
+        return self.connections + FD_SLACK if self.persistent else 0
+
     def describe(self) -> str:
         what = {
             "crr": "connect, request, reply, close",
@@ -47,6 +61,8 @@ class Workload:
             "none": "no load",
         }[self.mode]
         extra = ", ~1 ms of CPU per request" if self.handler == "cpu" else ""
+        if self.idle:
+            extra = f", beside {self.idle:,} idle connections (each served once), in one server process"
         if self.mode == "http":
             extra = (f", {self.requests} requests within {self.limit_s:g} s, a fresh connection probing "
                      f"every {PROBE_INTERVAL_S * 1000:.0f} ms")
@@ -60,6 +76,12 @@ PROBE_MAX_S = 1.0
 #: The file the keep-alive workload requests, made by the driver in a scratch directory.
 HTTP_FILE = "1k.bin"
 HTTP_FILE_SIZE = 1024
+#: Descriptors a server process needs beyond its connections (listener, selector, pipes, libraries).
+FD_SLACK = 64
+#: idle-load: the idle connections, and how long each may take to be served once (connecting 10,000
+#: at once overflows the listen backlog: SYNs are retried after 1 s, 3 s, ...).
+IDLE_CONNECTIONS = 10_000
+IDLE_TIMEOUT_S = 15.0
 
 CRR_TCP = Workload("crr", "throughput", "crr", "tcp", 50)
 CPU_TCP = Workload("cpu", "throughput", "crr", "tcp", 8, handler="cpu", spread_server=True)
@@ -69,6 +91,8 @@ FULL = [
     Workload("rr", "throughput", "rr", "tcp", 1),
     Workload("rr", "throughput", "rr", "tcp", 50),
     Workload("rr", "throughput", "rr", "tcp", 500),
+    # Issue 11: C10K-class concurrency in one thread.
+    Workload("rr", "throughput", "rr", "tcp", 1000),
     Workload("crr", "throughput", "crr", "unix", 50),
     Workload("rr", "throughput", "rr", "unix", 50),
     Workload("dgram", "throughput", "dgram", "udp", 50),
@@ -78,6 +102,8 @@ FULL = [
     Workload("shutdown-idle", "shutdown", "none", "tcp", 1),
     Workload("shutdown-load", "shutdown", "crr", "tcp", 50),
     Workload("memory", "memory", "idle", "tcp", 1000),
+    # Issue 11: 50 active connections beside 10,000 idle ones, and what each idle one costs.
+    Workload("idle-load", "idle-load", "rr", "tcp", 50, idle=IDLE_CONNECTIONS),
     # ab -k -c 200 -n 12000: 60 requests per connection on average; about 3.5 s for the stdlib's
     # ThreadingHTTPServer on one CPU, 2 s for ThreadPool(8) with parking.
     Workload("keepalive", "http", "http", "tcp", 200, handler="http", requests=12000, limit_s=10.0),
@@ -92,8 +118,13 @@ QUICK = [
 QUICK_CONTENDERS = ["stdlib-inline", "stdlib-threading", "asyncio", "reactor-inline", "reactor-threadpool"]
 
 
-def why_not(contender: Contender, workload: Workload, server_cpus: int) -> str | None:
-    """Why ``contender`` cannot run ``workload`` on ``server_cpus`` CPUs (None if it can)."""
+def why_not(contender: Contender, workload: Workload, server_cpus: int,
+            fd_hard_limit: int | None = None) -> str | None:
+    """Why ``contender`` cannot run ``workload`` on ``server_cpus`` CPUs (None if it can).
+
+    ``fd_hard_limit``: the hard RLIMIT_NOFILE the servers and generators inherit (default: this
+    process's); every process the bench starts raises its soft limit to it.
+    """
     if not contender.available():
         return f"{contender.requires} is not installed (pip install -e '.[bench]')"
     if workload.kind == "http" and contender.http is None:
@@ -103,13 +134,26 @@ def why_not(contender: Contender, workload: Workload, server_cpus: int) -> str |
     if workload.mode == "dgram" and workload.transport in STREAM_TRANSPORTS:
         return "stream transport"
     if workload.persistent:
-        capacity = contender.capacity(workload.concurrency, server_cpus)
-        if capacity < workload.concurrency:
+        connections = workload.connections
+        capacity = contender.capacity(connections, server_cpus)
+        if capacity < connections:
             return (f"serves {capacity} connection{'s' if capacity > 1 else ''} at a time; "
-                    f"the other {workload.concurrency - capacity} would starve")
-    if workload.kind == "memory" and contender.name == "stdlib-forking":
-        return "one process per connection: 1000 interpreters"
+                    f"the other {connections - capacity} would starve")
+        if workload.idle and not contender.event_driven:
+            return f"a thread or process per connection: {connections:,} of them"
+        if contender.name == "stdlib-forking" and connections >= 1000:
+            return f"one process per connection: {connections} interpreters"
+        hard = fd_hard_limit if fd_hard_limit is not None else fd_limit()
+        if hard < workload.descriptors:
+            return (f"needs {workload.descriptors:,} file descriptors in the server and the load generators, "
+                    f"but the hard limit (ulimit -Hn) is {hard:,}")
     return None
+
+
+def fd_limit() -> int:
+    """The hard RLIMIT_NOFILE (what every process the bench starts raises its soft limit to)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return (1 << 62) if hard == resource.RLIM_INFINITY else hard
 
 
 def contenders_for(names: list[str] | None) -> list[Contender]:

@@ -319,3 +319,31 @@ def watch_until_exit(client: LineReader, server_pid: int, interval: float = 0.1,
     usage.cpu_s = cpu_seconds(tree(server_pid)) - cpu_before
     client.proc.wait(timeout=10)
     return lines, usage
+
+
+def fd_count(pids: set[int]) -> int:
+    """Open file descriptors of the processes, summed."""
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return total
+
+
+def wait_until_fds_at_most(root: int, limit: int, timeout: float = 60.0, interval: float = 0.05) -> None:
+    """Wait until ``root``'s tree has at most ``limit`` descriptors open (it closed what its clients closed).
+
+    Raises:
+        BenchError: still more after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        count = fd_count(tree(root))
+        if count <= limit:
+            return
+        if time.monotonic() >= deadline:
+            raise BenchError(f"pid {root}: {count} descriptors still open {timeout:.0f} s after its clients "
+                             f"closed their connections (expected at most {limit})")
+        time.sleep(interval)  # sampling /proc: nothing to wait on

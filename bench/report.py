@@ -113,6 +113,53 @@ def summarise_memory(run: dict[str, Any], concurrency: int) -> dict[str, Any]:
             "kb_per_connection": growth / 1024 / max(1, run["served"])}
 
 
+def summarise_idle_load(pairs: list[dict[str, Any]], idle: int) -> dict[str, Any]:
+    """An idle-load cell: the load's figures alone (as a throughput cell, against the reference),
+    beside the idle connections (``loaded``), the median of the per-pair ratios loaded / alone,
+    and the memory the idle connections cost (the worst pair: the first one, usually, when the
+    server's heap grows; later pairs reuse it)."""
+    summary = summarise_throughput(pairs)
+    alone = [p["contender"] for p in pairs]
+    loaded = [p["loaded"] for p in pairs]
+    refs = [p["reference"] for p in pairs]
+    ratios = [w["ops_per_s"] / a["ops_per_s"] for w, a in zip(loaded, alone) if a["ops_per_s"]]
+    per_idle = []
+    for p in pairs:
+        i = p["idle"]
+        if i["pss"] is not None and i["base_pss"] is not None:
+            per_idle.append((i["pss"] - i["base_pss"]) / max(1, i["held"]))
+        else:
+            per_idle.append((i["rss"] - i["base_rss"]) / max(1, i["held"]))
+    summary.update({
+        "idle": idle,
+        "idle_held": min(p["idle"]["held"] for p in pairs),
+        "loaded_ops_per_s": _median([r["ops_per_s"] for r in loaded]),
+        "loaded_ratio_to_reference": _median([w["ops_per_s"] / f["ops_per_s"]
+                                              for w, f in zip(loaded, refs) if f["ops_per_s"]]),
+        "loaded_to_alone": _median(ratios),
+        "loaded_pair_ratios": [round(x, 4) for x in ratios],
+        "loaded_p99_us": _median([r["p99_us"] for r in loaded]),
+        "loaded_errors": sum(r["errors"] for r in loaded),
+        "loaded_error_kinds": _sum_kinds(loaded),
+        "loaded_server_cpu_percent": _median([r["server_cpu_percent"] for r in loaded]),
+        # Server CPU per exchange, alone and beside the idle connections: steadier than the rates
+        # on a machine whose other load comes and goes.
+        "cpu_us_per_op": _median([x for r in alone if (x := _cpu_us(r)) is not None]),
+        "loaded_cpu_us_per_op": _median([x for r in loaded if (x := _cpu_us(r)) is not None]),
+        "idle_pss_mb": max((p["idle"]["pss"] or p["idle"]["rss"]) for p in pairs) / MB,
+        "idle_memory_is_pss": all(p["idle"]["pss"] is not None for p in pairs),
+        "kib_per_idle": max(per_idle) / 1024,
+        "fds_beside_idle": min(p["idle"]["fds"] for p in pairs),
+    })
+    return summary
+
+
+def _cpu_us(run: dict[str, Any]) -> float | None:
+    """A run's server CPU per exchange in microseconds (None without exchanges)."""
+    rate: float = run["ops_per_s"]
+    return run["server_cpu_percent"] / 100 / rate * 1e6 if rate else None
+
+
 def one_line(cell: dict[str, Any]) -> str:
     """A progress line for a finished cell."""
     if cell["status"] != "ok":
@@ -129,10 +176,20 @@ def one_line(cell: dict[str, Any]) -> str:
                 f"{_kinds(s['probe_error_kinds'])}; target {_verdict(s['met'])}")
     if cell["kind"] == "shutdown":
         return f"stop {s['stop_ms']:.1f} ms, close {s['close_ms']:.1f} ms"
+    if cell["kind"] == "idle-load":
+        return (f"{_num(s['ops_per_s'])} ops/s alone ({_ratio(s['ratio_to_reference'])} of reference), "
+                f"{_num(s['loaded_ops_per_s'])} beside {s['idle_held']}/{s['idle']} idle "
+                f"({_ratio(s['loaded_to_alone'])} of alone), {s['kib_per_idle']:.2f} KiB per idle connection, "
+                f"errors {s['errors'] + s['loaded_errors']}")
     return f"{s['served']}/{s['of']} held, PSS {_num(s['pss_mb'])} MB, {s['kb_per_connection']:.0f} KB/connection"
 
 
 # -- comparisons ----------------------------------------------------------------
+
+
+#: A target's ``versus`` meaning the C reference server itself: the cell's own ratio, judged only
+#: when the run's reference was the C server (not asyncio, without a C compiler).
+C_REFERENCE = "c-reference"
 
 
 @dataclass(frozen=True)
@@ -141,6 +198,7 @@ class Target:
 
     workload: str
     contender: str
+    #: Another contender, or C_REFERENCE.
     versus: str
     minimum: float
     what: str
@@ -153,13 +211,28 @@ TARGETS = [
            "short connections: Prefork / ForkingTCPServer"),
     Target("crr-tcp-c50", "reactor-inline", "stdlib-inline", 1.0, "short connections: Inline / TCPServer"),
     Target("cpu-tcp-c8", "reactor-prefork", "reactor-inline", 1.7, "CPU-bound: Prefork(2) / Inline"),
+    # Issue 11: event-driven connections in one thread.
+    Target("rr-tcp-c50", "reactor-protocol", C_REFERENCE, 0.9, "request/reply, 50 connections: Protocol / C server"),
+    Target("rr-tcp-c50", "reactor-protocol", "uvloop-protocol", 1.0,
+           "request/reply, 50 connections: Protocol / uvloop Protocol"),
+    Target("rr-tcp-c1000", "reactor-protocol", C_REFERENCE, 0.85,
+           "request/reply, 1,000 connections, one thread: Protocol / C server"),
+    Target("dgram-udp-c50", "reactor-protocol", C_REFERENCE, 0.6, "UDP echo: DatagramProtocol / C server"),
 ]
+#: Issue 11's idle-load targets, judged for this contender: the active connections keep this share
+#: of their throughput beside the idle ones, and an idle connection costs at most this much PSS.
+IDLE_TARGET_CONTENDER = "reactor-protocol"
+IDLE_KEEP = 0.8
+IDLE_KIB_MAX = 4.0
 #: "Within reach of asyncio" on persistent connections, read as at least this ratio.
 WITHIN_REACH = 0.8
 #: Judged on every keep-alive HTTP workload of the run: every request completes and a fresh
 #: client is served promptly (the probe threshold is plan.PROBE_MAX_S, recorded in each summary).
 HTTP_TARGET_CONTENDER = "reactor-threadpool"
 REACTOR = [name for name in CONTENDERS if name.startswith("reactor-")]
+#: The socketserver strategies (the "within reach of asyncio" row picks the best of these; the
+#: Protocol API has targets of its own).
+REACTOR_STRATEGIES = [name for name in REACTOR if name != "reactor-protocol"]
 
 
 def _scores(cells: list[dict[str, Any]]) -> dict[tuple[str, str], float]:
@@ -177,21 +250,61 @@ def compare(cells: list[dict[str, Any]], workload: str, a: str, b: str) -> float
     return None
 
 
+def ratio_to_c(cells: list[dict[str, Any]], workload: str, contender: str) -> float | None:
+    """A contender's throughput over the C reference server's on a workload (None when the run's
+    reference was not the C server)."""
+    for c in cells:
+        if (c["workload"], c["contender"], c["kind"], c["status"]) == (workload, contender, "throughput", "ok") \
+                and c.get("reference", C_REFERENCE) == C_REFERENCE:
+            ratio: float | None = c["summary"]["ratio_to_reference"]
+            return ratio
+    return None
+
+
 def headline(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets, and the best reactor strategy against asyncio on persistent connections."""
     rows = []
     for t in TARGETS:
-        ratio = compare(cells, t.workload, t.contender, t.versus)
+        if t.versus == C_REFERENCE:
+            ratio = ratio_to_c(cells, t.workload, t.contender)
+        else:
+            ratio = compare(cells, t.workload, t.contender, t.versus)
         rows.append({"what": t.what, "workload": t.workload, "ratio": ratio, "target": t.minimum,
                      "met": None if ratio is None else ratio >= t.minimum})
+    rows += idle_headline(cells)
     scores = _scores(cells)
     for workload in sorted({w for w, _ in scores if w.startswith("rr-")}, key=_workload_order):
-        best = max((c for c in REACTOR if (workload, c) in scores), key=lambda c: scores[workload, c], default=None)
+        best = max((c for c in REACTOR_STRATEGIES if (workload, c) in scores), key=lambda c: scores[workload, c],
+                   default=None)
         ratio = None if best is None else compare(cells, workload, best, "asyncio")
         rows.append({"what": f"persistent connections: best reactor ({_short(best)}) / asyncio",
                      "workload": workload, "ratio": ratio, "target": WITHIN_REACH,
                      "met": None if ratio is None else ratio >= WITHIN_REACH})
     rows += http_headline(cells)
+    return rows
+
+
+def idle_headline(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The idle-load targets, per idle-load workload that ran on IDLE_TARGET_CONTENDER: the load
+    beside the idle connections over the load alone, and the memory per idle connection (a figure
+    and a verdict; every idle connection must have been held)."""
+    rows: list[dict[str, Any]] = []
+    for c in cells:
+        if c["kind"] != "idle-load" or c["contender"] != IDLE_TARGET_CONTENDER or c["status"] != "ok":
+            continue
+        s = c["summary"]
+        held = s["idle_held"] == s["idle"]
+        idle = f"{s['idle']:,}"
+        ratio = s["loaded_to_alone"]
+        rows.append({"what": f"{c['concurrency']} active connections beside {idle} idle ones, one process: "
+                             f"throughput with / without them", "workload": c["workload"], "ratio": ratio,
+                     "target": IDLE_KEEP, "met": None if ratio is None else ratio >= IDLE_KEEP and held})
+        kind = "PSS" if s["idle_memory_is_pss"] else "RSS"
+        rows.append({"what": f"memory per idle connection ({kind}), {idle} idle connections",
+                     "workload": c["workload"], "ratio": None, "target": None,
+                     "figure": f"{s['kib_per_idle']:.2f} KiB ({s['idle_held']}/{s['idle']} held)",
+                     "target_text": f"<= {IDLE_KIB_MAX:g} KiB, every one held",
+                     "met": s["kib_per_idle"] <= IDLE_KIB_MAX and held})
     return rows
 
 
@@ -316,6 +429,8 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
                            "CPU us/op", "peak RSS MB (sum)"], _throughput_rows(group))
         elif kind == "http":
             out += _http_section(group)
+        elif kind == "idle-load":
+            out += _idle_load_section(group)
         elif kind == "shutdown":
             out += _table(["contender", "shutdown() ms", "to all closed ms", "worst shutdown() ms"],
                           [[_cell_label(c), f"{c['summary']['stop_ms']:.1f}", f"{c['summary']['close_ms']:.1f}",
@@ -357,6 +472,38 @@ def _http_section(group: list[dict[str, Any]]) -> list[str]:
     return lines + _table(["contender", "req/s", "x stdlib", "completed", "errors", "unanswered",
                            "closed by server", "p99 ms", "probe p50 ms", "probe max ms", "probes failed",
                            "target met"], rows)
+
+
+def _idle_load_section(group: list[dict[str, Any]]) -> list[str]:
+    idle = next((c["summary"]["idle"] for c in group if c["status"] == "ok"), None)
+    lines = ["Each pair: the C reference, the contender alone, then the contender again while a second load "
+             f"generator holds {'the' if idle is None else f'{idle:,}'} idle connections open (each served once, "
+             "opened after the run alone and closed after the run beside them). `beside / alone` is the median "
+             "of the per-pair ratios (server CPU per exchange, beside it, is the steadier figure on a busy machine); memory is the server's growth from just before the idle connections "
+             "were opened to once they were all served, per idle connection held (the worst pair). "
+             "`fds` counts the server's descriptors after the run beside them: the idle connections were "
+             f"still open. Target for {label(IDLE_TARGET_CONTENDER)}: beside / alone >= {IDLE_KEEP}, "
+             f"<= {IDLE_KIB_MAX:g} KiB per idle connection.", ""]
+    rows = []
+    for c in group:
+        if c["status"] != "ok":
+            rows.append([_cell_label(c), f"{c['status']}: {c.get('reason', '')}"] + [""] * 9)
+            continue
+        s = c["summary"]
+        errors = s["errors"] + s["loaded_errors"]
+        kinds = _sum_kinds([{"error_kinds": s["error_kinds"]}, {"error_kinds": s["loaded_error_kinds"]}])
+        rows.append([_cell_label(c), _num(s["ops_per_s"]), _ratio(s["ratio_to_reference"]),
+                     _num(s["loaded_ops_per_s"]), _ratio(s["loaded_to_alone"]), _ms(s["loaded_p99_us"]),
+                     f"{_us(s.get('cpu_us_per_op'))} / {_us(s.get('loaded_cpu_us_per_op'))}",
+                     f"{s['idle_held']}/{s['idle']}", f"{s['fds_beside_idle']}", f"{s['idle_pss_mb']:.1f}",
+                     f"{s['kib_per_idle']:.2f}", f"{errors}{_kinds(kinds)}"])
+    return lines + _table(["contender", "ops/s alone", "x ref", "ops/s beside idle", "beside / alone",
+                           "p99 ms beside idle", "CPU us/op alone / beside", "idle held", "fds", "PSS MB with idle",
+                           "KiB per idle connection", "errors"], rows)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _memory_row(c: dict[str, Any]) -> list[str]:

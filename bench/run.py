@@ -12,13 +12,18 @@ times. The machine's speed drifts, so the cell's figure is the median of the
 per-pair ratios contender / reference; comparisons between contenders divide
 those medians. The keep-alive HTTP cells pair the same way, with the stdlib's
 ThreadingHTTPServer in the reference's place (the C echo server speaks no
-HTTP). Shutdown and memory cells are run on their own (no pairing: their
-figures are times and bytes, not rates).
+HTTP). An idle-load cell adds a third run to each pair: the contender again,
+with 10,000 idle connections held open beside the load by a second load
+generator (opened after the contender's run alone, closed after the run
+beside them), so each pair gives the load's throughput with and without them, back to
+back, and the memory the idle ones cost. Shutdown and memory cells are run on
+their own (no pairing: their figures are times and bytes, not rates).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -132,14 +137,19 @@ class Session:
                 raise BenchError(f"{contender} server exited with {status}{server.stderr_tail()}")
 
     def loadgen(self, mode: str, workload: Workload, address: str, *, duration: float,
-                stdin: int | None = subprocess.DEVNULL) -> LineReader:
+                stdin: int | None = subprocess.DEVNULL, timeout: float = 2.0,
+                hold: float | None = None) -> LineReader:
         """Start the load generator; the caller reads its output."""
         command = self.tools.loadgen_command() + [
             "--mode", mode, "--transport", workload.transport, "--address", address,
             "--concurrency", str(workload.concurrency), "--duration", str(duration),
-            "--warmup", str(self.args.warmup), "--timeout", "2",
+            "--warmup", str(self.args.warmup), "--timeout", f"{timeout:g}",
         ]
-        if workload.transport == "tcp" and mode == "crr":
+        if hold is not None:
+            command += ["--hold", f"{hold:g}"]
+        # Short connections, and the idle-load cell's 10,000 connections opened and closed again
+        # each pair (the client closes first: its TIME_WAIT ports would otherwise run out).
+        if workload.transport == "tcp" and (mode == "crr" or workload.kind == "idle-load"):
             command += ["--source-spread", str(SOURCE_SPREAD)]
         if mode == "http":
             command += ["--path", f"/{plans.HTTP_FILE}", "--requests", str(workload.requests),
@@ -155,7 +165,7 @@ class Session:
         """Pairs of (reference run, contender run), alternating."""
         cpus = self.placement(workload).server
         pairs = []
-        reference = "c-reference" if self.tools.reference == "c" else "asyncio"
+        reference = self.reference()
         ref_workload = Workload(workload.name, workload.kind, workload.mode, workload.transport,
                                 workload.concurrency)  # the reference never burns CPU
         with self.server(reference, ref_workload, cpus) as (ref_pid, ref_address), \
@@ -164,7 +174,62 @@ class Session:
                 ref = self.measure(ref_pid, ref_address, workload)
                 run = self.measure(pid, address, workload)
                 pairs.append({"reference": ref, "contender": run})
-        return {"pairs": pairs, "summary": report.summarise_throughput(pairs)}
+        return {"reference": reference, "pairs": pairs, "summary": report.summarise_throughput(pairs)}
+
+    def reference(self) -> str:
+        """The server every throughput run is paired with: the C echo server, or asyncio without it."""
+        return "c-reference" if self.tools.reference == "c" else "asyncio"
+
+    def idle_load_cell(self, contender: str, workload: Workload) -> dict[str, Any]:
+        """Pairs of (reference run, contender run, contender run beside ``workload.idle`` idle
+        connections): the load's throughput with and without them, and their memory."""
+        cpus = self.placement(workload).server
+        pairs = []
+        reference = self.reference()
+        load = Workload(workload.name, "throughput", workload.mode, workload.transport, workload.concurrency,
+                        handler=workload.handler)
+        with self.server(reference, load, cpus) as (ref_pid, ref_address), \
+                self.server(contender, workload, cpus) as (pid, address):
+            procs.wait_until_settled(pid, CONTENDERS[contender].processes(len(cpus)))
+            for _ in range(self.args.pairs):
+                ref = self.measure(ref_pid, ref_address, load)
+                alone = self.measure(pid, address, load)
+                pairs.append({"reference": ref, "contender": alone, **self.beside_idle(pid, address, workload)})
+        return {"reference": reference, "pairs": pairs,
+                "summary": report.summarise_idle_load(pairs, workload.idle)}
+
+    def beside_idle(self, pid: int, address: str, workload: Workload) -> dict[str, Any]:
+        """Open ``workload.idle`` connections (each served once), measure the server's memory and
+        the load beside them, close them and wait until the server has closed its ends."""
+        load = Workload(workload.name, "throughput", workload.mode, workload.transport, workload.concurrency,
+                        handler=workload.handler)
+        idle = Workload(workload.name, workload.kind, "idle", workload.transport, workload.idle)
+        members = procs.tree(pid)
+        base_rss, base_pss, base_fds = procs.rss_bytes(members), procs.pss_bytes(members), procs.fd_count(members)
+        # Held until stdin's EOF; --hold only bounds a generator the bench would fail to stop.
+        holder = self.loadgen("idle", idle, address, duration=0, stdin=subprocess.PIPE,
+                              timeout=plans.IDLE_TIMEOUT_S, hold=self.args.warmup + self.args.duration + 120)
+        try:
+            held = int(holder.expect("HOLDING ", plans.IDLE_TIMEOUT_S + 60))
+            members = procs.tree(pid)
+            rss, pss = procs.rss_bytes(members), procs.pss_bytes(members)
+            loaded = self.measure(pid, address, load)
+            # Still open in the server after the loaded run (an idle deadline would have closed them).
+            fds = procs.fd_count(procs.tree(pid))
+        finally:
+            assert holder.proc.stdin is not None
+            holder.proc.stdin.close()  # the generator closes its connections and exits
+        try:
+            lines, _ = procs.watch_until_exit(holder, pid, limit=60)
+        finally:
+            if holder.proc.poll() is None:  # interrupted
+                procs.stop_process(holder.proc)
+        parse_result(holder, lines)
+        # The server must be done closing 10,000 connections before the next pair's reference run,
+        # which shares its CPU.
+        procs.wait_until_fds_at_most(pid, base_fds + plans.FD_SLACK, timeout=60)
+        return {"loaded": loaded, "idle": {"held": held, "base_rss": base_rss, "rss": rss, "base_pss": base_pss,
+                                           "pss": pss, "base_fds": base_fds, "fds": fds}}
 
     def http_cell(self, contender: str, workload: Workload) -> dict[str, Any]:
         """Pairs of (stdlib ThreadingHTTPServer run, contender run), alternating; the stdlib's own
@@ -305,6 +370,8 @@ def run_cells(session: Session, workloads: list[Workload], contenders: list[Cont
                     cell.update(session.http_cell(contender.name, workload))
                 elif workload.kind == "shutdown":
                     cell.update(session.shutdown_cell(contender.name, workload))
+                elif workload.kind == "idle-load":
+                    cell.update(session.idle_load_cell(contender.name, workload))
                 else:
                     cell.update(session.memory_cell(contender.name, workload))
                 cell["status"] = "ok"
@@ -333,6 +400,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each run (default 0.3, quick 0.2)")
     parser.add_argument("--workloads", help="comma-separated workload keys or names to keep (e.g. crr,rr-tcp-c1)")
     parser.add_argument("--contenders", help=f"comma-separated, from: {', '.join(CONTENDERS)}")
+    parser.add_argument("--idle-connections", type=int, metavar="N",
+                        help=f"idle connections of the idle-load workload (default {plans.IDLE_CONNECTIONS:,})")
     parser.add_argument("--python-loadgen", action="store_true", help="use the pure-Python load generator")
     parser.add_argument("--tools", type=Path, default=BENCH / "build",
                         help="where make bench-tools put loadgen and echo_server (default bench/build)")
@@ -341,6 +410,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
+    if args.idle_connections is not None and args.idle_connections < 1:
+        parser.error("--idle-connections must be at least 1")
     args.duration = args.duration if args.duration is not None else 0.5 if args.quick else 1.5
     args.warmup = args.warmup if args.warmup is not None else 0.2 if args.quick else 0.3
     return args
@@ -353,6 +424,8 @@ def select_workloads(args: argparse.Namespace) -> list[Workload]:
         workloads = [w for w in workloads if w.key in wanted or w.name in wanted]
         if not workloads:
             raise SystemExit(f"no workload matches {args.workloads}")
+    if args.idle_connections is not None:
+        workloads = [dataclasses.replace(w, idle=args.idle_connections) if w.idle else w for w in workloads]
     return workloads
 
 

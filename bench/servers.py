@@ -15,6 +15,14 @@ echoes each chunk it reads until EOF; a datagram is replied to its sender.
 The ``cpu`` handler burns about 1 ms of its thread's CPU before each reply.
 Every listener has a backlog of 1024.
 
+The event-driven contenders serve every connection from one thread's loop,
+with the echo written as a ``Protocol`` (``data_received`` writes the chunk
+back): reactor's (``Reactor.create_server``; a ``DatagramProtocol`` on the
+datagram transports), asyncio's on its default loop and on uvloop's, and a
+minimal pure-Python level-triggered epoll loop (``epoll_echo.py``), the
+ceiling for Python code. Every server process raises its soft descriptor
+limit to the hard one: the persistent workloads hold up to 10,050 connections.
+
 The ``http`` handler (tcp only, the keep-alive workload) is instead the
 stdlib's unmodified ``http.server.SimpleHTTPRequestHandler`` speaking
 HTTP/1.1 (``protocol_version = "HTTP/1.1"``, ``log_message`` silenced) and
@@ -31,6 +39,7 @@ import asyncio
 import functools
 import http.server
 import os
+import resource
 import signal
 import socket
 import socketserver as std
@@ -44,6 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import reactor  # noqa: E402
 from reactor import Prefork, ThreadPool, Topology  # noqa: E402
 from reactor import socketserver as rx  # noqa: E402
 from reactor.dispatch import Dispatch  # noqa: E402
@@ -117,6 +127,8 @@ class Contender:
     processes: Callable[[int], int] = lambda cpus: 1
     #: How it serves the keep-alive HTTP workload (see module docstring), e.g. "ThreadPool(8)"; None: it does not.
     http: str | None = None
+    #: Every connection is served from one thread's event loop (no thread or process per connection).
+    event_driven: bool = False
 
     def available(self) -> bool:
         """True if this interpreter can run it."""
@@ -162,9 +174,17 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
     Contender("stdlib-threading", "stdlib Threading{Base}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED,
               http="ThreadingHTTPServer"),
     Contender("stdlib-forking", "stdlib Forking{Base}", _FORKING_TRANSPORTS, lambda n, cpus: forking_children(n)),
-    Contender("asyncio", "asyncio {Api}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED),
-    Contender("uvloop", "uvloop {Api}", ("tcp", "unix", "udp"), lambda n, cpus: UNBOUNDED, requires="uvloop"),
-    Contender("gevent", "gevent {Gevent}", ("tcp", "udp"), lambda n, cpus: UNBOUNDED, requires="gevent"),
+    Contender("asyncio", "asyncio {Api}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED, event_driven=True),
+    Contender("uvloop", "uvloop {Api}", ("tcp", "unix", "udp"), lambda n, cpus: UNBOUNDED, requires="uvloop",
+              event_driven=True),
+    Contender("gevent", "gevent {Gevent}", ("tcp", "udp"), lambda n, cpus: UNBOUNDED, requires="gevent",
+              event_driven=True),
+    Contender("asyncio-protocol", "asyncio {Proto}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED,
+              event_driven=True),
+    Contender("uvloop-protocol", "uvloop {Proto}", ("tcp", "unix", "udp"), lambda n, cpus: UNBOUNDED,
+              requires="uvloop", event_driven=True),
+    Contender("epoll-echo", "pure-Python epoll loop", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED,
+              event_driven=True),
     Contender("reactor-inline", "reactor Inline", _STREAM_DGRAM_UNIX, lambda n, cpus: 1, "stdlib-inline"),
     Contender("reactor-threadpool", "reactor ThreadPool", _STREAM_DGRAM_UNIX, lambda n, cpus: pool_size(n),
               "stdlib-threading", http=f"ThreadPool({HTTP_POOL})"),
@@ -173,6 +193,8 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
     Contender("reactor-prefork-threads", "reactor Prefork+threads", _STREAM_DGRAM_UNIX,
               lambda n, cpus: prefork_workers(cpus) * prefork_threads(n, cpus), "stdlib-forking",
               processes=_prefork_tree),
+    Contender("reactor-protocol", "reactor {Proto}", _STREAM_DGRAM_UNIX, lambda n, cpus: UNBOUNDED,
+              event_driven=True),
 ]}
 
 _STDLIB_BASE = {"tcp": "TCPServer", "udp": "UDPServer", "unix": "UnixStreamServer", "unixdgram": "UnixDatagramServer"}
@@ -195,10 +217,11 @@ def label(contender: str, transport: str | None = None) -> str:
     """How the report names a contender on a transport (or across transports, for None)."""
     template = CONTENDERS[contender].label
     if transport is None:
-        return template.format(Base="Server", Api="", Gevent="").strip()
+        return template.format(Base="Server", Api="", Gevent="", Proto="Protocol").strip()
     stream = transport in STREAM_TRANSPORTS
     return template.format(Base=_STDLIB_BASE[transport], Api="streams" if stream else "datagram endpoint",
-                           Gevent="StreamServer" if stream else "DatagramServer")
+                           Gevent="StreamServer" if stream else "DatagramServer",
+                           Proto="Protocol" if stream else "DatagramProtocol")
 
 
 # -- addresses ----------------------------------------------------------------
@@ -448,6 +471,183 @@ async def _asyncio_main(transport: str, address: Any, burn: bool) -> None:
         print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
 
 
+# -- Protocol echoes: asyncio, uvloop and reactor ------------------------------
+
+
+class _AsyncioEcho(asyncio.Protocol):
+    """The echo as an asyncio Protocol: every chunk is written back from ``data_received``."""
+
+    def __init__(self, burn: bool) -> None:
+        self.burn = burn
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport here
+
+    def data_received(self, data: bytes) -> None:
+        if self.burn:
+            burn_cpu()
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+def serve_asyncio_protocol(transport: str, address: Any, burn: bool, use_uvloop: bool) -> None:
+    """The echo as an asyncio ``Protocol`` (or ``DatagramProtocol``), on asyncio's or uvloop's loop."""
+    if use_uvloop:
+        import uvloop
+        runner: Callable[[Any], Any] = uvloop.run
+    else:
+        runner = asyncio.run
+    runner(_asyncio_protocol_main(transport, address, burn))
+
+
+async def _asyncio_protocol_main(transport: str, address: Any, burn: bool) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not done.done():
+            done.set_result(signum)
+
+    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        loop.add_signal_handler(stop_signal, on_signal, stop_signal)
+    if transport in STREAM_TRANSPORTS:
+        protocols: list[_AsyncioEcho] = []
+
+        def factory() -> _AsyncioEcho:
+            protocol = _AsyncioEcho(burn)
+            protocols.append(protocol)
+            return protocol
+
+        if transport == "tcp":
+            server = await loop.create_server(factory, address[0], address[1], backlog=BACKLOG, reuse_address=True)
+        else:
+            server = await loop.create_unix_server(factory, address, backlog=BACKLOG)
+        announce(transport, server.sockets[0].getsockname())
+        signum = await done
+        started = time.perf_counter()
+        server.close()
+        stopped = time.perf_counter()
+        for protocol in protocols:  # connections the clients keep open: end them
+            if protocol.transport is not None:
+                protocol.transport.abort()
+        await server.wait_closed()
+        closed = time.perf_counter()
+    else:
+        family = socket.AF_UNIX if transport == "unixdgram" else socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind(address)
+        dgram, _ = await loop.create_datagram_endpoint(lambda: _DatagramEcho(burn), sock=sock)
+        announce(transport, sock.getsockname())
+        signum = await done
+        started = time.perf_counter()
+        dgram.close()
+        stopped = closed = time.perf_counter()
+        if transport == "unixdgram":
+            os.unlink(address)
+    if signum == signal.SIGUSR1:
+        print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
+
+
+class _ReactorEcho(reactor.Protocol):
+    """The echo as a reactor Protocol."""
+
+    def __init__(self) -> None:
+        self.transport: reactor.Transport | None = None
+
+    def connection_made(self, transport: reactor.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class _ReactorBurningEcho(_ReactorEcho):
+    def data_received(self, data: bytes) -> None:
+        burn_cpu()
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class _ReactorDatagramEcho(reactor.DatagramProtocol):
+    """The echo as a reactor DatagramProtocol."""
+
+    def __init__(self, burn: bool) -> None:
+        self.burn = burn
+        self.transport: reactor.DatagramTransport | None = None
+
+    def connection_made(self, transport: reactor.DatagramTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self.burn:
+            burn_cpu()
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+
+
+def serve_reactor_protocol(transport: str, address: Any, burn: bool) -> None:
+    """The echo on ``Reactor.create_server`` in this process's main thread (the loop's thread)."""
+    loop = reactor.Reactor()
+    received: list[tuple[int, float]] = []
+
+    def on_signal(signum: int) -> None:
+        received.append((signum, time.perf_counter()))
+        loop.stop()
+
+    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        loop.add_signal_handler(stop_signal, on_signal, stop_signal)
+    family = socket.AF_UNIX if transport in ("unix", "unixdgram") else None
+    factory: Callable[[], reactor.BaseProtocol]
+    if transport in STREAM_TRANSPORTS:
+        factory = _ReactorBurningEcho if burn else _ReactorEcho
+        server = loop.create_server(factory, address, family=family, backlog=BACKLOG, drain_timeout=5)
+    else:
+        factory = functools.partial(_ReactorDatagramEcho, burn)
+        server = loop.create_server(factory, address, family=family, type=socket.SOCK_DGRAM)
+    announce(transport, server.server_address)
+    loop.serve_forever()
+    stopped = time.perf_counter()
+    loop.close()  # drains the connections (clients keep theirs open: closed at once, nothing is buffered)
+    closed = time.perf_counter()
+    if received and received[0][0] == signal.SIGUSR1:
+        started = received[0][1]
+        print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
+
+
+def serve_epoll_echo(transport: str, address: Any, burn: bool) -> None:
+    """The minimal pure-Python epoll loop of ``epoll_echo.py``."""
+    import epoll_echo
+
+    family = socket.AF_UNIX if transport in ("unix", "unixdgram") else \
+        socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    kind = socket.SOCK_STREAM if transport in STREAM_TRANSPORTS else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind)
+    if transport == "tcp":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    if kind == socket.SOCK_STREAM:
+        sock.listen(BACKLOG)
+    announce(transport, sock.getsockname())
+    signum, stop_s, close_s = epoll_echo.serve(sock, burn_cpu if burn else None)
+    sock.close()
+    if transport in ("unix", "unixdgram"):
+        os.unlink(address)
+    if signum == signal.SIGUSR1:
+        print(f"SHUTDOWN {stop_s:.6f} {close_s:.6f}", flush=True)
+
+
+def raise_fd_limit() -> None:
+    """Every connection is a descriptor: let this server hold as many as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # an unlimited hard limit may be above fs.nr_open: keep the soft one
+
+
 # -- gevent -----------------------------------------------------------------
 
 
@@ -506,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.contender} does not serve {args.transport}")
     address = parse_address(args.transport, args.address)
     burn = args.handler == "cpu"
+    raise_fd_limit()
     if args.handler == "http":
         if contender.http is None or args.transport != "tcp" or not args.docroot:
             parser.error("--handler http takes --transport tcp, --docroot and a contender with an HTTP server: "
@@ -516,6 +717,12 @@ def main(argv: list[str] | None = None) -> int:
         serve_asyncio(args.transport, address, burn, use_uvloop=args.contender == "uvloop")
     elif args.contender == "gevent":
         serve_gevent(args.transport, address, burn)
+    elif args.contender in ("asyncio-protocol", "uvloop-protocol"):
+        serve_asyncio_protocol(args.transport, address, burn, use_uvloop=args.contender == "uvloop-protocol")
+    elif args.contender == "reactor-protocol":
+        serve_reactor_protocol(args.transport, address, burn)
+    elif args.contender == "epoll-echo":
+        serve_epoll_echo(args.transport, address, burn)
     else:
         server = build_socketserver(args.contender, args.transport, address, burn, args.concurrency)
         serve_socketserver(server, args.transport, prefork=args.contender.startswith("reactor-prefork"))
