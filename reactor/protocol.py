@@ -541,7 +541,41 @@ class Transport:
             self._server.transport_ended(self)
 
 
-class StreamServer:
+class _BoundSocket:
+    """What both protocol servers are: a socket bound (and, for streams, listening) by this process.
+
+    Attributes:
+        socket: the socket.
+        server_address: the address it is bound to.
+        name: the server's name for logs, e.g. ``StreamServer(tcp4 127.0.0.1:8000)``.
+    """
+
+    def __init__(self, sock_type: int, address: Any, *, family: int, reuse_port: bool, mode: int | None,
+                 backlog: int = socket.SOMAXCONN) -> None:
+        self._unix_path: UnixSocketPath | None
+        self.socket, self._unix_path = create_server_socket(
+            family, sock_type, address, backlog=backlog, reuse_port=reuse_port, mode=mode)
+        self.server_address = self.socket.getsockname()
+        self.name = f"{type(self).__name__}({describe_address(self.socket.family, sock_type, self.server_address)})"
+        self._warnings = RateLimitedLog(logger)
+
+    def warn(self, cause: object, message: str, *args: Any) -> None:
+        """Log a warning a client can cause, at most once per 10 s per cause."""
+        self._warnings.warning(cause, message, *args)
+
+    def fileno(self) -> int:
+        """The socket's descriptor."""
+        return self.socket.fileno()
+
+    def server_close(self) -> None:
+        """Close the socket (and remove a Unix socket file this process bound)."""
+        self.socket.close()
+        unix_path, self._unix_path = self._unix_path, None
+        if unix_path is not None:
+            unix_path.unlink()
+
+
+class StreamServer(_BoundSocket):
     """A listening stream socket whose connections are served by :class:`Protocol` instances.
 
     Made by ``Reactor.create_server``; it is a hosted server (the stdlib duck
@@ -557,18 +591,14 @@ class StreamServer:
     def __init__(self, protocol_factory: Callable[[], Protocol], address: Any, *, family: int = socket.AF_INET,
                  backlog: int = socket.SOMAXCONN, reuse_port: bool = False, drain_timeout: float = 30.0,
                  mode: int | None = None) -> None:
+        super().__init__(socket.SOCK_STREAM, address, family=family, reuse_port=reuse_port, mode=mode,
+                         backlog=backlog)
         self.protocol_factory = protocol_factory
         self.drain_timeout = drain_timeout
-        self._unix_path: UnixSocketPath | None
-        self.socket, self._unix_path = create_server_socket(
-            family, socket.SOCK_STREAM, address, backlog=backlog, reuse_port=reuse_port, mode=mode)
-        self.server_address = self.socket.getsockname()
-        self.name = f"StreamServer({describe_address(self.socket.family, socket.SOCK_STREAM, self.server_address)})"
         self._loop: EventLoop | None = None
         self._transports: set[Transport] = set()
         self._on_drained: Callable[[], None] | None = None
         self._draining = False
-        self._warnings = RateLimitedLog(logger)
 
     def __repr__(self) -> str:
         return f"<{self.name} {len(self._transports)} connections>"
@@ -578,15 +608,7 @@ class StreamServer:
         """The open connections."""
         return frozenset(self._transports)
 
-    def warn(self, cause: object, message: str, *args: Any) -> None:
-        """Log a warning a client can cause, at most once per 10 s per cause."""
-        self._warnings.warning(cause, message, *args)
-
     # -- the hosted-server duck type -----------------------------------------------
-
-    def fileno(self) -> int:
-        """The listening socket's descriptor."""
-        return self.socket.fileno()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept one connection."""
@@ -617,13 +639,6 @@ class StreamServer:
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log the exception being handled, with the client."""
         logger.exception("%s: error serving %r", self.name, client_address)
-
-    def server_close(self) -> None:
-        """Close the listening socket (and remove a Unix socket file this process bound)."""
-        self.socket.close()
-        unix_path, self._unix_path = self._unix_path, None
-        if unix_path is not None:
-            unix_path.unlink()
 
     # -- hosting -----------------------------------------------------------------------
 
@@ -769,7 +784,7 @@ class DatagramTransport:
     abort = close
 
 
-class DatagramServer:
+class DatagramServer(_BoundSocket):
     """A datagram socket (UDP over IPv4/IPv6, Unix datagram) served by one :class:`DatagramProtocol`.
 
     Made by ``Reactor.create_server``; a hosted server like any other. The
@@ -780,26 +795,17 @@ class DatagramServer:
     def __init__(self, protocol_factory: Callable[[], DatagramProtocol], address: Any, *,
                  family: int = socket.AF_INET, reuse_port: bool = False, max_packet_size: int = 65535,
                  mode: int | None = None) -> None:
+        super().__init__(socket.SOCK_DGRAM, address, family=family, reuse_port=reuse_port, mode=mode)
         self.protocol_factory = protocol_factory
         self.max_packet_size = max_packet_size
-        self._unix_path: UnixSocketPath | None
-        self.socket, self._unix_path = create_server_socket(
-            family, socket.SOCK_DGRAM, address, reuse_port=reuse_port, mode=mode)
-        self.server_address = self.socket.getsockname()
-        self.name = f"DatagramServer({describe_address(self.socket.family, socket.SOCK_DGRAM, self.server_address)})"
         self.protocol: DatagramProtocol | None = None
         self.transport: DatagramTransport | None = None
         self.truncated_datagrams = 0
         self._buffer = memoryview(bytearray(max_packet_size))
         self._hosted: HostedServer | None = None
-        self._warnings = RateLimitedLog(logger)
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
-
-    def fileno(self) -> int:
-        """The socket's descriptor."""
-        return self.socket.fileno()
 
     def get_request(self) -> tuple[bytes, Any]:
         """Receive one datagram (one larger than ``max_packet_size`` is dropped and counted)."""
@@ -835,13 +841,6 @@ class DatagramServer:
         """Log the exception being handled (a datagram_received that raised); serving goes on."""
         logger.exception("%s: %s.datagram_received() raised for a datagram from %r", self.name,
                          type(self.protocol).__name__, client_address)
-
-    def server_close(self) -> None:
-        """Close the socket (and remove a Unix socket file this process bound)."""
-        self.socket.close()
-        unix_path, self._unix_path = self._unix_path, None
-        if unix_path is not None:
-            unix_path.unlink()
 
     def hosting_started(self, hosted: HostedServer) -> None:
         """Make the protocol and its transport: ``connection_made``."""
