@@ -384,14 +384,50 @@ def build_http_server(contender: str, address: Any, docroot: str) -> Any:
 # -- asyncio and uvloop -----------------------------------------------------
 
 
-def serve_asyncio(transport: str, address: Any, burn: bool, use_uvloop: bool) -> None:
-    """The same echo on asyncio's streams API (or datagram endpoint), on asyncio's or uvloop's loop."""
+def _run_asyncio(main: Any, use_uvloop: bool) -> None:
+    """Run the coroutine ``main`` on asyncio's loop or uvloop's."""
     if use_uvloop:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run
     else:
         runner = asyncio.run
-    runner(_asyncio_main(transport, address, burn))
+    runner(main)
+
+
+def _stop_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Future[int]:
+    """A future set to the first of SIGTERM, SIGINT or SIGUSR1 (the driver's stop signals)."""
+    done: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not done.done():
+            done.set_result(signum)
+
+    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        loop.add_signal_handler(stop_signal, on_signal, stop_signal)
+    return done
+
+
+async def _serve_asyncio_datagrams(transport: str, address: Any, burn: bool,
+                                   done: asyncio.Future[int]) -> tuple[int, float, float, float]:
+    """The echo on an asyncio datagram endpoint until a stop signal: (signal, started, stopped, closed)."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_UNIX if transport == "unixdgram" else socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind(address)
+    dgram, _ = await loop.create_datagram_endpoint(lambda: _DatagramEcho(burn), sock=sock)
+    announce(transport, sock.getsockname())
+    signum = await done
+    started = time.perf_counter()
+    dgram.close()
+    stopped = time.perf_counter()
+    if transport == "unixdgram":
+        os.unlink(address)
+    return signum, started, stopped, stopped
+
+
+def serve_asyncio(transport: str, address: Any, burn: bool, use_uvloop: bool) -> None:
+    """The same echo on asyncio's streams API (or datagram endpoint), on asyncio's or uvloop's loop."""
+    _run_asyncio(_asyncio_main(transport, address, burn), use_uvloop)
 
 
 async def _echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, burn: bool) -> None:
@@ -424,14 +460,7 @@ class _DatagramEcho(asyncio.DatagramProtocol):
 
 async def _asyncio_main(transport: str, address: Any, burn: bool) -> None:
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[int] = loop.create_future()
-
-    def on_signal(signum: int) -> None:
-        if not done.done():
-            done.set_result(signum)
-
-    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        loop.add_signal_handler(stop_signal, on_signal, stop_signal)
+    done = _stop_signals(loop)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _echo_stream(reader, writer, burn)
@@ -456,17 +485,7 @@ async def _asyncio_main(transport: str, address: Any, burn: bool) -> None:
         await asyncio.gather(*handlers, return_exceptions=True)
         closed = time.perf_counter()
     else:
-        family = socket.AF_UNIX if transport == "unixdgram" else socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind(address)
-        dgram, _ = await loop.create_datagram_endpoint(lambda: _DatagramEcho(burn), sock=sock)
-        announce(transport, sock.getsockname())
-        signum = await done
-        started = time.perf_counter()
-        dgram.close()
-        stopped = closed = time.perf_counter()
-        if transport == "unixdgram":
-            os.unlink(address)
+        signum, started, stopped, closed = await _serve_asyncio_datagrams(transport, address, burn, done)
     if signum == signal.SIGUSR1:
         print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
 
@@ -493,24 +512,12 @@ class _AsyncioEcho(asyncio.Protocol):
 
 def serve_asyncio_protocol(transport: str, address: Any, burn: bool, use_uvloop: bool) -> None:
     """The echo as an asyncio ``Protocol`` (or ``DatagramProtocol``), on asyncio's or uvloop's loop."""
-    if use_uvloop:
-        import uvloop
-        runner: Callable[[Any], Any] = uvloop.run
-    else:
-        runner = asyncio.run
-    runner(_asyncio_protocol_main(transport, address, burn))
+    _run_asyncio(_asyncio_protocol_main(transport, address, burn), use_uvloop)
 
 
 async def _asyncio_protocol_main(transport: str, address: Any, burn: bool) -> None:
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[int] = loop.create_future()
-
-    def on_signal(signum: int) -> None:
-        if not done.done():
-            done.set_result(signum)
-
-    for stop_signal in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        loop.add_signal_handler(stop_signal, on_signal, stop_signal)
+    done = _stop_signals(loop)
     if transport in STREAM_TRANSPORTS:
         protocols: list[_AsyncioEcho] = []
 
@@ -534,17 +541,7 @@ async def _asyncio_protocol_main(transport: str, address: Any, burn: bool) -> No
         await server.wait_closed()
         closed = time.perf_counter()
     else:
-        family = socket.AF_UNIX if transport == "unixdgram" else socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind(address)
-        dgram, _ = await loop.create_datagram_endpoint(lambda: _DatagramEcho(burn), sock=sock)
-        announce(transport, sock.getsockname())
-        signum = await done
-        started = time.perf_counter()
-        dgram.close()
-        stopped = closed = time.perf_counter()
-        if transport == "unixdgram":
-            os.unlink(address)
+        signum, started, stopped, closed = await _serve_asyncio_datagrams(transport, address, burn, done)
     if signum == signal.SIGUSR1:
         print(f"SHUTDOWN {stopped - started:.6f} {closed - started:.6f}", flush=True)
 
