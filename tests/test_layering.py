@@ -35,7 +35,7 @@ MODULES = sorted([path.stem for path in PACKAGE_DIR.glob("*.py")] + SUBPACKAGES 
     if path.stem != "__init__"])
 
 #: The pure bottom layer: imports nothing from reactor at all.
-LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "_procinfo", "access", "proxy_protocol",
+LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "_procinfo", "access", "proxy_protocol", "http_boundary",
                 "systemd")
 
 #: Layers, bottom first: a module may import only from layers below its own (a
