@@ -60,11 +60,21 @@ Rules
    ``submit_job()``. Leaving waits for it as for rule 10's servers (under
    the dispatch's deadline, ``DEFAULT_CONNECTION_DRAIN_TIMEOUT`` when the
    dispatch names none).
+12. A stream server that could park, and whose handler exposes a request
+   boundary the loop can read (``reactor.readahead``: unmodified
+   ``http.server`` handlers, or a ``request_boundary`` hook), has each
+   request read whole by the loop before it is dispatched, and its replies
+   written behind, unless ``read_ahead=False``: the handler gets a
+   ``reactor.buffered.ConnectionSocket`` as its request. This works with or
+   without parking (``keepalive_timeout=0``). Leaving closes connections
+   whose request is still arriving at once, and waits for replies being
+   written, as for rule 10's servers.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import typing
 import errno
 import logging
@@ -78,8 +88,10 @@ from ._errors import AcceptOutcome, RequestDropped, classify_accept_error
 from ._ratelimit import RateLimitedLog
 from ._timers import TimerHandle
 from .admission import ADMISSION_COUNTERS, Admission, AdmissionOptions
+from .buffered import ConnectionSocket
 from .keepalive import DEFAULT_KEEPALIVE_TIMEOUT, KeptConnection, Parking, parking_factory
 from .loop import EventLoop
+from .readahead import READ_AHEAD_COUNTERS, ReadAhead, request_boundary_factory
 
 __all__ = [
     "Dispatch", "HostedServer", "HostingOptions", "Inline", "Job", "MessageMode", "PauseReason", "STATS_GAUGES",
@@ -100,7 +112,7 @@ DEFAULT_INLINE_IO_TIMEOUT = 30.0
 #: Keys of ``HostedServer.stats()`` that are gauges (how many now), not counters (how many so
 #: far). A topology that sums its processes' stats (``Prefork``) sums these over the live
 #: processes only, and carries every other key over from processes that exited.
-STATS_GAUGES = frozenset({"open", "admitting", "parked", "message_connections"})
+STATS_GAUGES = frozenset({"open", "admitting", "parked", "message_connections", "reading"})
 #: Seconds connections kept by the loop (message mode) get to finish when their server leaves,
 #: if the dispatch allows no time of its own (``Inline``).
 DEFAULT_CONNECTION_DRAIN_TIMEOUT = 30.0
@@ -429,6 +441,7 @@ class HostedServer:
         # Every key from the start (stats() has one shape), and no key added later by another thread.
         self._counts = {"requests": 0, "dropped": 0, "replies_lost": 0, "exhausted": 0, "io_timeouts": 0,
                         "dispatched": 0, "resumed": 0, "keepalive_expired": 0, "messages": 0, "frame_errors": 0}
+        self._counts.update(dict.fromkeys(READ_AHEAD_COUNTERS, 0))
         if options.admission.active:
             self._counts.update(dict.fromkeys(ADMISSION_COUNTERS, 0))
         #: Requests lost while taking them (``dropped``) and exhaustion pauses, by errno name
@@ -441,6 +454,7 @@ class HostedServer:
         self._patched_close_request: Callable[[Any], None] | None = None
         self._parking: Parking | None = None
         self._messages: MessageMode | None = None
+        self._read_ahead: ReadAhead | None = None
         self._io_timeout = self._resolve_io_timeout()
         #: The server's RequestHandlerClass last seen, and its parking variant (one tuple: read from many threads).
         self._parking_variant: tuple[Any, Callable[..., Any] | None] = (None, None)
@@ -467,8 +481,10 @@ class HostedServer:
         (``dispatched``, of which ``resumed`` were parked connections' next
         requests and ``messages`` framed messages), parked or message-mode
         connections closed idle (``keepalive_expired``), input that could not
-        be framed (``frame_errors``); the gauges ``parked`` and
-        ``message_connections`` (now); with admission, connections admitted and
+        be framed (``frame_errors``), requests the loop refused while reading
+        them ahead (``read_ahead_refused``) and readers too slow for their
+        reply (``send_timeouts``); the gauges ``parked``, ``reading`` (requests
+        arriving) and ``message_connections`` (now); with admission, connections admitted and
         refused by cause, and the gauges open and admitting now
         (:data:`STATS_GAUGES` names the gauges).
 
@@ -477,8 +493,11 @@ class HostedServer:
         HostedServer's stats() is the zero shape a topology reports before
         its processes do.
         """
+        read_ahead = self._read_ahead
+        parked = self._parking.parked if self._parking is not None else 0
         counts = dict(self._counts, requests=self.requests_taken,
-                      parked=self._parking.parked if self._parking is not None else 0,
+                      parked=parked + (read_ahead.parked if read_ahead is not None else 0),
+                      reading=read_ahead.reading if read_ahead is not None else 0,
                       message_connections=self._messages.open if self._messages is not None else 0)
         if self._options.admission.active:
             admission = self._admission
@@ -536,6 +555,9 @@ class HostedServer:
 
     def hold(self, conn: KeptConnection) -> None:
         """Park a connection whose handler keeps it after a request (from any thread)."""
+        if self._read_ahead is not None and isinstance(conn.request, ConnectionSocket):
+            self._read_ahead.hold(conn)  # its next request is read ahead too
+            return
         assert self._parking is not None
         self._parking.hold(conn)
 
@@ -605,10 +627,11 @@ class HostedServer:
             return 0.0
         drain_connections = getattr(self._server, "drain_connections", None)
         messages = self._messages
-        if drain_connections is None and messages is None:
+        read_ahead = self._read_ahead
+        if drain_connections is None and messages is None and read_ahead is None:
             return self._dispatch.begin_drain(self, on_drained)
-        # Connections kept by the server (rule 10) or the loop (rule 11): drained once all are.
-        waiting = [1 + (drain_connections is not None) + (messages is not None)]
+        # Connections kept by the server (rule 10) or the loop (rules 11 and 12): drained once all are.
+        waiting = [1 + (drain_connections is not None) + (messages is not None) + (read_ahead is not None)]
 
         def one_drained() -> None:
             waiting[0] -= 1
@@ -619,6 +642,9 @@ class HostedServer:
         if messages is not None:
             timeout = timeout or DEFAULT_CONNECTION_DRAIN_TIMEOUT
             messages.drain(one_drained)
+        if read_ahead is not None:
+            timeout = timeout or DEFAULT_CONNECTION_DRAIN_TIMEOUT
+            read_ahead.drain(one_drained)
         if drain_connections is not None:
             server_timeout: float = drain_connections(one_drained)
             timeout = max(timeout, server_timeout)
@@ -630,6 +656,8 @@ class HostedServer:
             self._dispatch.abort(self)
             if self._messages is not None:
                 self._messages.abort()
+            if self._read_ahead is not None:
+                self._read_ahead.abort()
             abort_connections = getattr(self._server, "abort_connections", None)
             if abort_connections is not None:
                 abort_connections()
@@ -645,6 +673,8 @@ class HostedServer:
             self._parking.close_all()
         if self._messages is not None:
             self._messages.detach()
+        if self._read_ahead is not None:
+            self._read_ahead.detach()
         if self._claimed and not self.reactor.closed:
             self.reactor.remove_writer(self._fd, owner=self)  # a server's watch_writable()
             self.reactor.release(self._fd, self)
@@ -741,6 +771,9 @@ class HostedServer:
                 if self._admission is not None:
                     self._admission.take(request, client_address)
                     continue
+                if self._read_ahead is not None:
+                    self._read_ahead.take(request, client_address)  # dispatched once its request is in
+                    continue
                 # BSD and macOS hand out accepted sockets with the listener's
                 # O_NONBLOCK; setting the timeout (the socket's own, without
                 # io_timeout) makes the descriptor agree with what the handler expects.
@@ -770,7 +803,10 @@ class HostedServer:
             try:
                 original(request)
             finally:
-                admission.closed(request)
+                if isinstance(request, ConnectionSocket):  # counts until its reply is out
+                    request.connection.when_closed(functools.partial(admission.closed, request.raw_socket))
+                else:
+                    admission.closed(request)
 
         # Every connection ends in close_request (shutdown_request calls it;
         # a ForkingMixIn parent calls it alone), in whichever thread: that is
@@ -782,6 +818,16 @@ class HostedServer:
     def _submit_admitted(self, request: socket.socket, client_address: Any) -> None:
         if not self._started or PauseReason.DRAINING in self._pause_reasons:
             self._server.shutdown_request(request)  # admitted as the server began leaving
+            return
+        if self._read_ahead is not None:
+            self._read_ahead.take(request, client_address)
+            return
+        self._counts["dispatched"] += 1
+        self._dispatch.submit(self, request, client_address)
+
+    def _submit_read_ahead(self, request: ConnectionSocket, client_address: Any) -> None:
+        if not self._started or PauseReason.DRAINING in self._pause_reasons:
+            self._server.shutdown_request(request)
             return
         self._counts["dispatched"] += 1
         self._dispatch.submit(self, request, client_address)
@@ -801,21 +847,32 @@ class HostedServer:
     def _start_parking(self) -> None:
         """Park connections between requests, or serve them in message mode (rules 9 and 11), if the
         server, its handler and the strategy allow it."""
-        timeout = self._options.admission.keepalive_timeout
+        options = self._options.admission
+        timeout = options.keepalive_timeout
         if timeout is None:
             timeout = DEFAULT_KEEPALIVE_TIMEOUT
         sock = getattr(self._server, "socket", None)
-        if (not timeout or not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM
+        if (not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM
                 or _overrides(self._server, "process_request") or _overrides(self._server, "finish_request")):
             return  # only a handler built the way BaseServer builds it can be driven a request at a time
         strategy = type(self._dispatch)
         if strategy.submit is not Dispatch.submit and strategy.submit_job is Dispatch.submit_job:
             return  # a strategy of its own that knows nothing of parking: next requests would run inline
-        message_connections = getattr(getattr(self._server, "RequestHandlerClass", None), "message_connections", None)
+        handler = getattr(self._server, "RequestHandlerClass", None)
+        message_connections = getattr(handler, "message_connections", None)
         if message_connections is not None:
-            self._messages = message_connections(self, timeout)
+            if timeout:
+                self._messages = message_connections(self, timeout)
             return
-        self._parking = Parking(self.reactor, timeout, self._resume_parked, self._close_parked, self._counts)
+        if timeout:
+            self._parking = Parking(self.reactor, timeout, self._resume_parked, self._close_parked, self._counts)
+        boundary = request_boundary_factory(handler, options) if options.read_ahead is not False else None
+        if boundary is not None:
+            self._read_ahead = ReadAhead(
+                self.reactor, self.name, options, boundary, self._counts,
+                keepalive_timeout=timeout or DEFAULT_KEEPALIVE_TIMEOUT, io_timeout=self._io_timeout,
+                submit=self._submit_read_ahead, resume=self._resume_parked,
+                close_request=self._server.shutdown_request, close_kept=self._close_parked)
 
     def _resume_parked(self, conn: KeptConnection) -> None:
         self._counts["dispatched"] += 1

@@ -93,6 +93,22 @@ class AdmissionOptions:
             ``serve_forever()`` (the stdlib's behaviour). Not an admission
             stage: it applies to stream servers whose handler exposes a
             request boundary, with or without the options above.
+        read_ahead: read each request whole in the loop before its handler
+            runs, and write its reply behind it (``reactor.readahead``): None
+            (the default) or True for stream servers whose handler exposes a
+            request boundary; False: the handler reads and writes its socket
+            itself. Not an admission stage either; the fields below are its limits.
+        request_head_timeout: seconds from a request's first byte to the end of its head (then 408).
+        request_body_timeout, request_body_min_rate: a body must arrive within
+            ``request_body_timeout + received / request_body_min_rate`` seconds of its head (then 408).
+        max_request_head: bytes of request line and headers at most (then 431; 414 for the line alone).
+        max_request_headers: header fields at most (then 431).
+        max_request_body: body bytes at most (then 413); None: no limit.
+        request_body_in_memory: body bytes held in memory; the rest is spooled to a temporary file.
+        write_buffer_in_memory: reply bytes held in memory; the rest is spooled to a temporary file.
+        write_buffer_limit: reply bytes buffered at most; above it the handler's write blocks.
+        send_timeout, send_min_rate: a reply must leave within ``send_timeout + sent / send_min_rate``
+            seconds of when it started waiting (else the connection is closed).
     """
 
     ssl_context: ssl.SSLContext | None = None
@@ -107,6 +123,18 @@ class AdmissionOptions:
     wait_for_data: float | None = None
     io_timeout: float | None = None
     keepalive_timeout: float | None = None
+    read_ahead: bool | None = None
+    request_head_timeout: float = 10.0
+    request_body_timeout: float = 10.0
+    request_body_min_rate: int = 1024
+    max_request_head: int = 65536
+    max_request_headers: int = 100
+    max_request_body: int | None = 1 << 30
+    request_body_in_memory: int = 65536
+    write_buffer_in_memory: int = 65536
+    write_buffer_limit: int = 1 << 20
+    send_timeout: float = 10.0
+    send_min_rate: int = 1024
 
     def __post_init__(self) -> None:
         if self.proxy_protocol not in (None, "v1", "v2", "any"):
@@ -120,6 +148,16 @@ class AdmissionOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be positive, 0 (off) or None (the default)")
+        if self.read_ahead not in (None, True, False):
+            raise ValueError(f"read_ahead must be None, True or False, not {self.read_ahead!r}")
+        for name in _READ_AHEAD_LIMITS:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive")
+            if value is None and name != "max_request_body":
+                raise ValueError(f"{name} must be a number")
+        if self.write_buffer_limit < self.write_buffer_in_memory:
+            raise ValueError("write_buffer_limit must be at least write_buffer_in_memory")
 
     def keywords(self) -> dict[str, Any]:
         """These options as ``Reactor.add_server`` keywords."""
@@ -130,9 +168,15 @@ class AdmissionOptions:
         """True when anything is asked of admission (else connections go straight to the dispatch)."""
         # keepalive_timeout is not an admission stage; io_timeout makes the
         # connection's request_info() available only when asked for explicitly.
-        return replace(self, io_timeout=self.io_timeout or None, keepalive_timeout=None) != _NOTHING
+        return replace(self, io_timeout=self.io_timeout or None, keepalive_timeout=None, read_ahead=None,
+                       **{name: getattr(_NOTHING, name) for name in _READ_AHEAD_LIMITS}) != _NOTHING
 
 
+#: The limits of read-ahead (``reactor.readahead``), which are not admission stages.
+_READ_AHEAD_LIMITS = (
+    "request_head_timeout", "request_body_timeout", "request_body_min_rate", "max_request_head",
+    "max_request_headers", "max_request_body", "request_body_in_memory", "write_buffer_in_memory",
+    "write_buffer_limit", "send_timeout", "send_min_rate")
 _NOTHING = AdmissionOptions()
 
 
@@ -166,6 +210,7 @@ def request_info(request: Any) -> RequestInfo | None:
 
     Thread-safety: safe from any thread (handlers run on worker threads).
     """
+    request = getattr(request, "raw_socket", request)  # a read-ahead connection's socket
     if not isinstance(request, socket.socket):
         return None
     with _INFO_LOCK:

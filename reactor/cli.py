@@ -328,6 +328,35 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     conn.add_argument("--wait-for-data", metavar="SECONDS", type=_positive(float),
                       help="hand a connection to the handler only once the client sent something, within "
                            "this time")
+    slow = parser.add_argument_group(
+        "slow clients (stream servers whose handler exposes a request boundary, e.g. http.server ones: "
+        "the loop reads each request whole and writes each reply behind it)")
+    slow.add_argument("--no-read-ahead", dest="read_ahead", action="store_const", const=False,
+                      help="let handlers read and write their sockets themselves (a slow client holds a worker)")
+    slow.add_argument("--request-head-timeout", metavar="SECONDS", type=_positive(float),
+                      help="seconds from a request's first byte to the end of its head, then 408 (default 10)")
+    slow.add_argument("--request-body-timeout", metavar="SECONDS", type=_positive(float),
+                      help="grace for a request body, then --request-body-min-rate applies (default 10)")
+    slow.add_argument("--request-body-min-rate", metavar="BYTES", type=_positive(int),
+                      help="bytes per second a request body must keep up after its grace (default 1024)")
+    slow.add_argument("--max-request-head", metavar="BYTES", type=_positive(int),
+                      help="request line and headers at most, then 431 (default 65536)")
+    slow.add_argument("--max-request-headers", metavar="N", type=_positive(int),
+                      help="header fields at most, then 431 (default 100)")
+    slow.add_argument("--max-request-body", metavar="BYTES", type=_positive(int),
+                      help="request body at most, then 413 (default 1 GiB)")
+    slow.add_argument("--request-body-in-memory", metavar="BYTES", type=_positive(int),
+                      help="request body bytes held in memory; the rest is spooled to a temporary file "
+                           "(default 65536)")
+    slow.add_argument("--write-buffer-in-memory", metavar="BYTES", type=_positive(int),
+                      help="reply bytes held in memory; the rest is spooled to a temporary file (default 65536)")
+    slow.add_argument("--write-buffer-limit", metavar="BYTES", type=_positive(int),
+                      help="reply bytes buffered at most; above it the handler's write waits (default 1 MiB)")
+    slow.add_argument("--send-timeout", metavar="SECONDS", type=_positive(float),
+                      help="grace for a reply to leave, then --send-min-rate applies (default 10)")
+    slow.add_argument("--send-min-rate", metavar="BYTES", type=_positive(int),
+                      help="bytes per second a client must take its reply at after the grace, or it is "
+                           "disconnected (default 1024)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -485,6 +514,13 @@ def parse_command_line(argv: Sequence[str]) -> Config:
                   app_dir=first.app_dir, admin=admin)
 
 
+#: The read-ahead options (``add_server`` keywords), each a flag of the same name.
+_SLOW_CLIENT_OPTIONS = (
+    "read_ahead", "request_head_timeout", "request_body_timeout", "request_body_min_rate", "max_request_head",
+    "max_request_headers", "max_request_body", "request_body_in_memory", "write_buffer_in_memory",
+    "write_buffer_limit", "send_timeout", "send_min_rate")
+
+
 def _server_config(namespace: argparse.Namespace, index: int) -> ServerConfig:
     spec = namespace.spec
     module, colon, attr = spec.partition(":")
@@ -504,6 +540,8 @@ def _server_config(namespace: argparse.Namespace, index: int) -> ServerConfig:
         ("io_timeout", namespace.io_timeout), ("wait_for_data", namespace.wait_for_data),
         ("keepalive_timeout", namespace.keepalive_timeout))
         if value is not None and value != ()}
+    connection.update({name: getattr(namespace, name) for name in _SLOW_CLIENT_OPTIONS
+                       if getattr(namespace, name) is not None})
     try:  # check networks and rules now, not after binding
         AdmissionOptions(**connection)
         AccessRules(namespace.allow, namespace.deny)

@@ -174,6 +174,18 @@ class Reactor(EventLoop):
         wait_for_data: float | None = None,
         io_timeout: float | None = None,
         keepalive_timeout: float | None = None,
+        read_ahead: bool | None = None,
+        request_head_timeout: float = 10.0,
+        request_body_timeout: float = 10.0,
+        request_body_min_rate: int = 1024,
+        max_request_head: int = 65536,
+        max_request_headers: int = 100,
+        max_request_body: int | None = 1 << 30,
+        request_body_in_memory: int = 65536,
+        write_buffer_in_memory: int = 65536,
+        write_buffer_limit: int = 1 << 20,
+        send_timeout: float = 10.0,
+        send_min_rate: int = 1024,
     ) -> None:
         """Host a socketserver-style server: take and handle its requests when its socket is readable.
 
@@ -232,6 +244,33 @@ class Reactor(EventLoop):
                 (5 s) under every strategy; 0: off (the handler keeps its
                 connection, and its thread, for the connection's whole life).
 
+        Slow clients (see ``reactor.readahead``): for stream servers whose
+        handler exposes a request boundary (unmodified ``http.server``
+        handlers), the loop reads each request whole before a worker sees it
+        and writes the reply behind it, so no client holds a worker longer
+        than its handler computes.
+
+        Args:
+            read_ahead: None (default) or True: on where the handler exposes a
+                boundary; False: the handler reads and writes its socket itself.
+            request_head_timeout: seconds from a request's first byte to the
+                end of its head; then ``408 Request Timeout`` and close.
+            request_body_timeout, request_body_min_rate: the body must arrive
+                within ``request_body_timeout + received / request_body_min_rate``
+                seconds of the head; then 408.
+            max_request_head: bytes of request line and headers at most (431; 414 for a long line).
+            max_request_headers: header fields at most (431).
+            max_request_body: body bytes at most (413); None: unlimited.
+            request_body_in_memory: body bytes held in memory; the rest is
+                spooled to a temporary file until the handler reads it.
+            write_buffer_in_memory: reply bytes held in memory; the rest is
+                spooled to a temporary file.
+            write_buffer_limit: reply bytes buffered at most; above it the
+                handler's write blocks until the client took half of them.
+            send_timeout, send_min_rate: a reply must leave within
+                ``send_timeout + sent / send_min_rate`` seconds of when it began
+                waiting, or the connection is closed (``send_timeouts``).
+
         Raises:
             ValueError: the server or its descriptor is already in this reactor.
             TypeError: ``dispatch`` is neither a Dispatch nor a Topology.
@@ -249,7 +288,13 @@ class Reactor(EventLoop):
             ssl_context=ssl_context, handshake_timeout=handshake_timeout, proxy_protocol=proxy_protocol,
             proxy_trusted=tuple(proxy_trusted), header_timeout=header_timeout, allow=tuple(allow),
             deny=tuple(deny), max_connections=max_connections, max_connections_per_ip=max_connections_per_ip,
-            wait_for_data=wait_for_data, io_timeout=io_timeout, keepalive_timeout=keepalive_timeout)
+            wait_for_data=wait_for_data, io_timeout=io_timeout, keepalive_timeout=keepalive_timeout,
+            read_ahead=read_ahead, request_head_timeout=request_head_timeout,
+            request_body_timeout=request_body_timeout, request_body_min_rate=request_body_min_rate,
+            max_request_head=max_request_head, max_request_headers=max_request_headers,
+            max_request_body=max_request_body, request_body_in_memory=request_body_in_memory,
+            write_buffer_in_memory=write_buffer_in_memory, write_buffer_limit=write_buffer_limit,
+            send_timeout=send_timeout, send_min_rate=send_min_rate)
         options = HostingOptions(service_interval=service_interval, handle_timeouts=handle_timeouts,
                                  admission=admission)
         strategy = dispatch if dispatch is not None else Inline()

@@ -197,6 +197,11 @@ class KeptConnection:
                 return not _is_want_io(exc)  # a reset: let the handler see it
         return False
 
+    def remember_timeout(self) -> None:
+        """Note the socket's timeout, for ``resume()`` (when something other than ``suspend()``
+        waits for the next request: ``reactor.readahead``)."""
+        self._timeout = self.request.gettimeout()
+
     def resume(self) -> None:
         """Give the socket back the timeout it had when it was parked (before the next request)."""
         self.request.settimeout(self._timeout)

@@ -389,6 +389,8 @@ class BaseServer(_std.BaseServer):
                     for option in ("keepalive_timeout", "io_timeout"):
                         if admission.get(option) is None:
                             admission[option] = 0
+                    if admission.get("read_ahead") is None:
+                        admission["read_ahead"] = False
                 reactor.add_server(self, self.dispatch, service_interval=poll_interval, handle_timeouts=False,
                                    **admission)
                 try:

@@ -650,6 +650,20 @@ def test_keepalive_timeout_parks_connections_and_closes_idle_ones() -> None:
         assert running.stop() == 0
 
 
+def test_slow_client_flags_reach_the_read_ahead() -> None:
+    with Running(["http.server:SimpleHTTPRequestHandler", "--bind", "tcp://127.0.0.1:0", "--dispatch", "threads:1",
+                  "--request-head-timeout", "0.3", "--max-request-headers", "3"]) as running:
+        (listening,) = running.ready()
+        address = tcp_address(listening)
+        with socket.create_connection(address, timeout=EVENT_TIMEOUT) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # holds no worker: the one thread serves others
+            with socket.create_connection(address, timeout=EVENT_TIMEOUT) as crowded:
+                crowded.sendall(b"GET / HTTP/1.0\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n")
+                assert crowded.recv(100).startswith(b"HTTP/1.1 431 ")
+            assert slow.recv(100).startswith(b"HTTP/1.1 408 ")  # no whole head within 0.3 s
+        assert running.stop() == 0
+
+
 def test_reuse_port_lets_two_processes_share_a_port() -> None:
     with Running(["cli_apps:EchoHandler", "--bind", "tcp://127.0.0.1:0", "--reuse-port"]) as first:
         (listening,) = first.ready()

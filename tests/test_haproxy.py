@@ -229,7 +229,9 @@ def describe(request: Any, client_address: Any, path: str) -> dict[str, Any]:
         "source": header.source if header else None,
         "destination": header.destination if header else None,
         "tlvs": [[kind, value.hex()] for kind, value in header.tlvs] if header else [],
-        "tls": isinstance(request, ssl.SSLSocket) and info.tls is request,
+        # Read ahead, the handler's request is a buffered socket over the SSLSocket, answering as it does.
+        "tls": (isinstance(getattr(request, "raw_socket", request), ssl.SSLSocket)
+                and info.tls is getattr(request, "raw_socket", request) and request.cipher() is not None),
         "credentials": [info.credentials.pid, info.credentials.uid] if info.credentials else None,
     }
 

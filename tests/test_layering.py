@@ -43,7 +43,9 @@ LEAF_MODULES = ("_timers", "_waker", "_errors", "_platform", "_ratelimit", "_pro
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
     LEAF_MODULES,
     ("binding", "loop"),
-    ("admission", "keepalive"),
+    ("admission", "keepalive", "buffered"),
+    # Read-ahead drives buffered connections for admitted, parked ones.
+    ("readahead",),
     ("accept",),
     ("protocol",),
     ("framing",),
@@ -68,6 +70,8 @@ FORBIDDEN = {
     "binding": {"loop", "accept", "hosting", "socketserver", "dispatch", "prefork"},
     "admission": {"accept", "hosting", "socketserver", "dispatch", "prefork"},
     "keepalive": {"accept", "hosting", "socketserver", "dispatch", "prefork", "admission"},
+    "buffered": {"accept", "hosting", "socketserver", "dispatch", "prefork", "admission", "keepalive"},
+    "readahead": {"accept", "hosting", "socketserver", "dispatch", "prefork", "protocol", "framing"},
     "accept": {"hosting", "socketserver", "dispatch", "prefork", "protocol", "framing"},
     "protocol": {"hosting", "socketserver", "dispatch", "prefork", "framing"},
     "framing": {"hosting", "socketserver", "dispatch", "prefork"},
