@@ -17,8 +17,9 @@ Theory of operation
    so does the boundary: lines end at LF (CRLF or bare LF, as ``readline``), the
    request line is split into words exactly as ``parse_request`` splits it, and
    headers follow it only when ``parse_request`` would read them. A request line
-   the handler answers by itself (empty, garbage, a bad version, HTTP/2+) or a
-   two-word HTTP/0.9 ``GET /`` is a whole request ending with that line.
+   the handler answers by itself (empty, garbage, a bad version, HTTP/2+) is a
+   whole request ending with that line; a two-word HTTP/0.9 ``GET /`` is
+   followed by headers up to an empty line, because ``parse_request`` reads them.
 2. **Refuse what would make the boundary and a parser disagree.** A header line
    that ``email.parser`` (behind ``http.client.parse_headers``) would split
    differently or take for the start of the body -- a bare CR, a control byte, no
@@ -182,6 +183,10 @@ def _request_line_version(line: bytes) -> tuple[int, int] | None:
     # Exactly what BaseHTTPRequestHandler.parse_request does, so both agree on
     # whether headers follow (str.split also splits on \x1c-\x1f, \x85, \xa0).
     words = str(line, "iso-8859-1").rstrip("\r\n").split()
+    if len(words) == 2 and words[0] == "GET":
+        # HTTP/0.9 says no headers follow, but parse_request reads them anyway: a
+        # request ending at this line would leave the handler waiting on the client.
+        return (0, 9)
     if len(words) != 3 or not words[-1].startswith("HTTP/"):
         return None  # the handler answers by itself (or serves HTTP/0.9) without reading on
     match = _STRICT_VERSION.fullmatch(words[-1])
