@@ -60,6 +60,8 @@ logger = logging.getLogger(__name__)
 _RECV_SIZE = 65536
 #: recv() calls per wake-up at most, so one fast client cannot monopolise the loop.
 _RECVS_PER_WAKEUP = 4
+#: Most plaintext bytes per TLS send (one record).
+_TLS_RECORD = 16384
 #: Bytes read back from a spool file per send.
 _SPOOL_CHUNK = 65536
 
@@ -470,10 +472,15 @@ class BufferedConnection:
             if self._closed or self._close_pending or self._eof_pending:
                 raise self._error_to_raise()
             if not self._flushing:
+                sent = 0
                 try:
-                    sent = self.sock.send(view)
+                    while sent < size:
+                        n = self._send(view[sent:] if sent else view)
+                        sent += n
+                        if not self.tls:
+                            break  # a partial send: the kernel's buffer is full
                 except self._want_io:
-                    sent = 0
+                    pass
                 except OSError as exc:
                     self._fail(exc)
                     raise
@@ -525,6 +532,14 @@ class BufferedConnection:
             if self._closed and self._outbound.size > below:
                 raise self._error_to_raise()
 
+    def _send(self, data: bytes | memoryview) -> int:
+        """One non-blocking send, under the lock."""
+        if self.tls:
+            # A TLS write that would block must be retried with at least the bytes it
+            # was given: sending one record's worth at a time keeps every retry so.
+            return self.sock.send(data[:_TLS_RECORD])
+        return self.sock.send(data)
+
     def _send_deadline(self) -> float:
         limits = self.limits
         return self._backlog_since + limits.send_timeout + self._sent_in_backlog / limits.send_min_rate
@@ -555,10 +570,10 @@ class BufferedConnection:
                     head = outbound.head()
                     if head is None:
                         break
-                    sent = self.sock.send(head)
+                    sent = self._send(head)
                     outbound.consumed(sent)
                     self._sent_in_backlog += sent
-                    if sent < len(head):
+                    if sent < len(head) and not self.tls:
                         break
             except self._want_io:
                 pass

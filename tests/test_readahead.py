@@ -455,3 +455,24 @@ def test_the_http_boundary_is_the_default_for_unmodified_http_handlers() -> None
         read_ahead = False
 
     assert request_boundary_factory(Opted, AdmissionOptions()) is None
+
+
+def test_over_tls_a_large_reply_to_a_slow_reader_and_a_large_body_arrive_whole(pki: Any) -> None:
+    """TLS writes that would block are retried whole, from the buffer and from its spool."""
+    seen: dict[str, Any] = {}
+
+    class Look(Echo):
+        def do_GET(self) -> None:
+            seen.update(cipher=self.request.cipher(), cert=self.request.getpeercert(),
+                        alpn=self.request.selected_alpn_protocol(), peer=self.request.getpeername())
+            super().do_GET()
+
+    body = os.urandom(1 << 20)
+    with hosted(Look, ssl_context=pki.server_context(), write_buffer_in_memory=16384) as (_, server):
+        context = pki.client_context()
+        with connect(server, rcvbuf=4096) as raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET /?size=3000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(tls)[1] == b"x" * 3000000
+            tls.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            assert read_response(tls)[1] == body
+    assert isinstance(seen["cipher"], tuple) and seen["cert"] is None and seen["peer"][0] == "127.0.0.1"
