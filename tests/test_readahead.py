@@ -24,7 +24,7 @@ from reactor.buffered import ConnectionSocket, _Inbound, _Outbound
 from reactor.http_boundary import HTTPRequestBoundary
 from reactor.keepalive import RequestLoop
 from reactor import socketserver
-from support import QuietHTTPHandler, reactor_thread, wait_for
+from support import QuietHTTPHandler, ipv6_available, reactor_thread, short_unix_dir, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,6 +98,25 @@ def get(server: Any, path: str = "/") -> tuple[bytes, bytes]:
     with connect(server) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         return read_response(sock)
+
+
+class LineBoundary:
+    """A ``request_boundary`` hook: one request is one line."""
+
+    def __init__(self) -> None:
+        self.complete = self.head_complete = False
+        self.received = 0
+
+    def feed(self, data: bytes) -> int:
+        end = bytes(data).find(b"\n")
+        n = len(data) if end < 0 else end + 1
+        self.received += n
+        self.complete = self.head_complete = end >= 0
+        return n
+
+    def reset(self) -> None:
+        self.complete = self.head_complete = False
+        self.received = 0
 
 
 def counters(reactor: Reactor) -> dict[str, int]:
@@ -296,27 +315,10 @@ def test_fileno_hands_the_socket_over_so_select_sees_what_the_handler_expects() 
 
 
 def test_a_request_loop_handler_with_a_request_boundary_hook_is_read_ahead() -> None:
-    class Lines:
-        """The hook: one request is one line."""
-
-        def __init__(self) -> None:
-            self.complete = self.head_complete = False
-            self.received = 0
-
-        def feed(self, data: bytes) -> int:
-            end = bytes(data).find(b"\n")
-            n = len(data) if end < 0 else end + 1
-            self.received += n
-            self.complete = self.head_complete = end >= 0
-            return n
-
-        def reset(self) -> None:
-            self.__init__()  # type: ignore[misc]
-
     seen: list[type] = []
 
     class Upper(RequestLoop, socketserver.StreamRequestHandler):
-        request_boundary = Lines
+        request_boundary = LineBoundary
 
         def handle_one_request(self) -> None:
             seen.append(type(self.request))
@@ -476,3 +478,46 @@ def test_over_tls_a_large_reply_to_a_slow_reader_and_a_large_body_arrive_whole(p
             tls.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
             assert read_response(tls)[1] == body
     assert isinstance(seen["cipher"], tuple) and seen["cert"] is None and seen["peer"][0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("family", ["tcp6", "unix"])
+def test_every_stream_family_is_read_ahead(family: str) -> None:
+    """IPv6 and Unix stream sockets: a trickling client holds no worker; a fresh one is served."""
+    if family == "tcp6" and not ipv6_available():
+        pytest.skip("no IPv6 loopback")
+
+    class Lines(RequestLoop, socketserver.StreamRequestHandler):
+        request_boundary = LineBoundary
+
+        def handle_one_request(self) -> None:
+            line = self.rfile.readline()
+            if not line:
+                self.close_connection = True
+                return
+            self.wfile.write(line.upper())
+
+    with contextlib.ExitStack() as stack:
+        if family == "unix":
+            path = os.path.join(stack.enter_context(short_unix_dir()), "s")
+            server: Any = socketserver.UnixStreamServer(path, Lines)
+            sock_family, address = socket.AF_UNIX, path
+        else:
+            server = socketserver.TCPServer(("::1", 0), Lines)
+            sock_family, address = socket.AF_INET6, server.server_address[:2]
+        stack.callback(server.server_close)
+        reactor = Reactor()
+        reactor.add_server(server, ThreadPool(1, 0))
+        stack.enter_context(reactor_thread(reactor))
+        clients = []
+        for _ in range(2):
+            sock = socket.socket(sock_family, socket.SOCK_STREAM)
+            sock.settimeout(CLIENT_TIMEOUT)
+            sock.connect(address)
+            stack.callback(sock.close)
+            clients.append(sock)
+        slow, fresh = clients
+        slow.sendall(b"trick")
+        fresh.sendall(b"fresh\n")
+        assert fresh.recv(100) == b"FRESH\n"
+        slow.sendall(b"le\n")
+        assert slow.recv(100) == b"TRICKLE\n"
