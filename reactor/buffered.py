@@ -125,27 +125,29 @@ class _Spool:
 
 
 class _Inbound:
-    """Bytes the client sent that the handler has not read: memory parts and spools, in order."""
+    """Bytes the client sent that the handler has not read: memory parts and spools, in order.
 
-    __slots__ = ("parts", "size")
+    Memory parts are immutable ``bytes`` read from an offset, so a line costs one copy.
+    """
+
+    __slots__ = ("parts", "offset", "size")
 
     def __init__(self) -> None:
-        self.parts: collections.deque[bytearray | _Spool] = collections.deque()
+        self.parts: collections.deque[bytes | _Spool] = collections.deque()
+        self.offset = 0  # into parts[0], when it is bytes
         self.size = 0
 
     def append(self, data: bytes | memoryview, *, spool: bool = False) -> None:
         if not data:
             return
-        last = self.parts[-1] if self.parts else None
         if spool:
+            last = self.parts[-1] if self.parts else None
             if not isinstance(last, _Spool):
                 last = _Spool()
                 self.parts.append(last)
             last.write(data)
-        elif isinstance(last, bytearray):
-            last += data
         else:
-            self.parts.append(bytearray(data))
+            self.parts.append(data if type(data) is bytes else bytes(data))
         self.size += len(data)
 
     def spooled(self) -> bool:
@@ -153,7 +155,22 @@ class _Inbound:
 
     def memory(self) -> bytes:
         """Every byte held, when all of them are in memory."""
-        return b"".join(bytes(part) for part in self.parts if isinstance(part, bytearray))
+        parts = [part for part in self.parts if isinstance(part, bytes)]
+        if parts:
+            parts[0] = parts[0][self.offset:]
+        return b"".join(parts)
+
+    def _advance(self, part: bytes | _Spool, taken: int) -> None:
+        """``taken`` bytes of the first part were read."""
+        self.size -= taken
+        if isinstance(part, bytes):
+            self.offset += taken
+            if self.offset >= len(part):
+                self.parts.popleft()
+                self.offset = 0
+        elif not part.size:
+            self.parts.popleft()
+            part.close()
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes from the front (``n < 0``: everything)."""
@@ -162,20 +179,14 @@ class _Inbound:
         chunks = []
         while n > 0 and self.parts:
             part = self.parts[0]
-            if isinstance(part, bytearray):
-                chunk = bytes(part[:n])
-                del part[:n]
-                empty = not part
+            if isinstance(part, bytes):
+                start = self.offset
+                chunk = part[start:start + n] if start or n < len(part) else part
             else:
                 chunk = part.read(n)
-                empty = not part.size
-            if empty:
-                self.parts.popleft()
-                if isinstance(part, _Spool):
-                    part.close()
+            self._advance(part, len(chunk))
             chunks.append(chunk)
             n -= len(chunk)
-            self.size -= len(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def readline(self, limit: int) -> tuple[bytes, bool]:
@@ -186,30 +197,26 @@ class _Inbound:
         while self.parts and (limit < 0 or taken < limit):
             part = self.parts[0]
             room = -1 if limit < 0 else limit - taken
-            if isinstance(part, bytearray):
-                end = part.find(b"\n", 0, len(part) if room < 0 else room)
-                n = end + 1 if end >= 0 else (len(part) if room < 0 else min(room, len(part)))
-                chunk = bytes(part[:n])
-                del part[:n]
-                empty = not part
+            if isinstance(part, bytes):
+                start = self.offset
+                stop = len(part) if room < 0 else min(len(part), start + room)
+                end = part.find(b"\n", start, stop)
+                chunk = part[start:end + 1 if end >= 0 else stop]
             else:
                 chunk = part.readline(room)
-                empty = not part.size
-            if empty:
-                self.parts.popleft()
-                if isinstance(part, _Spool):
-                    part.close()
+            self._advance(part, len(chunk))
             chunks.append(chunk)
             taken += len(chunk)
-            self.size -= len(chunk)
             if chunk.endswith(b"\n"):
-                return b"".join(chunks), True
-        return b"".join(chunks), limit >= 0 and taken >= limit
+                break
+        else:
+            return b"".join(chunks), limit >= 0 and taken >= limit
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), True
 
     def peek(self) -> bytes:
         part = self.parts[0] if self.parts else None
-        if isinstance(part, bytearray):
-            return bytes(part)
+        if isinstance(part, bytes):
+            return part[self.offset:]
         if isinstance(part, _Spool):
             part.file.seek(part.read_at)
             return part.file.read(min(part.size, _SPOOL_CHUNK))
@@ -220,6 +227,7 @@ class _Inbound:
             if isinstance(part, _Spool):
                 part.close()
         self.parts.clear()
+        self.offset = 0
         self.size = 0
 
 
@@ -762,11 +770,21 @@ class _RequestReader(io.BufferedIOBase):
         return len(data)
 
     def readline(self, size: int | None = -1) -> bytes:
-        self._check()
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
         limit = -1 if size is None else size
-        chunks = []
+        inbound = self._conn.inbound
+        if inbound.size:  # the usual case: the line was read ahead
+            line, whole = inbound.readline(limit)
+            if whole:
+                return line
+            chunks = [line]
+            if limit >= 0:
+                limit -= len(line)
+        else:
+            chunks = []
         while self._fill():
-            line, whole = self._conn.inbound.readline(limit)
+            line, whole = inbound.readline(limit)
             chunks.append(line)
             if whole:
                 break

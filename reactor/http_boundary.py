@@ -87,6 +87,15 @@ _HEXDIGITS = re.compile(rb"[0-9A-Fa-f]+")
 _STRICT_VERSION = re.compile(r"HTTP/([0-9]{1,10})\.([0-9]{1,10})", re.ASCII)
 _OWS = b" \t"
 
+# A whole head that needs no line-by-line look (most requests): "METHOD SP target SP
+# HTTP/1.x", field lines "token:value" without CTLs but HT, CRLF endings. Any head it
+# matches, the line-by-line path accepts with the same result; anything else goes there.
+_SIMPLE_HEAD = re.compile(
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [!-~]+ HTTP/1\.([01])\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n")
+# Fields that decide the body's framing (the simple path leaves those heads to the other).
+_FRAMING_FIELD = re.compile(rb"\n(?:content-length|transfer-encoding|expect):", re.IGNORECASE)
+
 _MAX_CHUNK_DIGITS = 16
 # Lengths of 2**63 and more overflow the off_t of other stacks: a smuggling shape.
 _MAX_CONTENT_LENGTH = (1 << 63) - 1
@@ -309,6 +318,10 @@ class HTTPRequestBoundary:
             raise self._refused
         if not isinstance(data, (bytes, bytearray)):
             data = memoryview(data).cast("B")  # counts in bytes whatever the format
+        if self._state == _REQUEST_LINE and not self._partial:
+            simple = self._simple_head(data)
+            if simple:
+                return simple
         end = len(data)
         pos = 0
         try:
@@ -338,6 +351,27 @@ class HTTPRequestBoundary:
             raise
         self._received += pos
         return pos
+
+    def _simple_head(self, data: bytes | bytearray | memoryview) -> int:
+        """The length of a whole, simple, bodiless head at the start of ``data`` (the
+        request is then complete), or 0 to read it line by line."""
+        match = _SIMPLE_HEAD.match(data)
+        if match is None:
+            return 0
+        length = match.end()
+        limits = self._limits
+        if length > limits.max_head or length > limits.max_line:
+            return 0
+        head = data[:length]
+        fields = bytes(head).count(b"\n") - 2
+        if fields > limits.max_headers or _FRAMING_FIELD.search(head):
+            return 0
+        self._version = (1, int(match[1]))
+        self._head_bytes = self._head_length = self._received = length
+        self._fields = fields
+        self._body_length = 0
+        self._state = _DONE
+        return length
 
     def _feed_line(self, data: bytes | bytearray | memoryview, pos: int, end: int) -> int:
         """Take bytes up to the end of the current line (or of ``data``); return the new position."""

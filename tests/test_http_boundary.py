@@ -628,3 +628,33 @@ def test_sizes_of_python_objects_stay_small() -> None:
     boundary.feed(b"GET / HTTP/1.1\r\nX: " + b"v" * 30000)
     assert held_bytes(boundary) == len(b"X: ") + 30000
     assert sys.getsizeof(boundary) < 512
+
+
+SIMPLE_HEADS = [
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET /a?b=c HTTP/1.0\r\nHost: x\r\n\r\n",
+    b"DELETE /x HTTP/1.1\r\nHost: x\r\nX-Tab:\tv\r\nX-Obs: caf\xe9\r\nAccept: */*\r\n\r\n",
+    b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+    # Not simple: each must take the line-by-line path and come out the same.
+    b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: x\nA: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nEXPECT: 100-continue\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", SIMPLE_HEADS)
+@pytest.mark.parametrize("limits", [HTTPLimits(), HTTPLimits(max_headers=2), HTTPLimits(max_head=30),
+                                    HTTPLimits(max_line=25)])
+def test_a_whole_simple_head_reads_as_it_does_line_by_line(data: bytes, limits: HTTPLimits) -> None:
+    """The whole-head shortcut and the byte-by-byte path agree on every outcome and property."""
+    def outcome(chunks: list[bytes]) -> tuple[object, ...]:
+        boundary = HTTPRequestBoundary(limits)
+        try:
+            consumed = sum(boundary.feed(chunk) for chunk in chunks)
+        except RequestRefused as exc:
+            return ("refused", exc.status)
+        return (consumed, boundary.complete, boundary.head_complete, boundary.head_length,
+                boundary.body_length, boundary.received, boundary.expects_continue)
+
+    assert outcome([data + b"GET /next HTTP/1.1\r\n"]) == \
+        outcome([data[i:i + 1] for i in range(len(data))] + [b"GET /next HTTP/1.1\r\n"])
