@@ -387,6 +387,9 @@ _HELP = {
     "open": "Connections open now.",
     "admitting": "Connections in admission now.",
     "parked": "Keep-alive connections parked between requests now.",
+    "reading": "Connections whose request the loop is reading ahead now.",
+    "read_ahead_refused": "Requests refused while read ahead (408, 413, 414, 431, 400, 501).",
+    "send_timeouts": "Connections closed because the client took its reply slower than send_min_rate.",
 }
 _POOL_HELP = {
     "threads": "Worker threads of the thread pool.",

@@ -38,6 +38,10 @@ as in the stdlib. So does any server that overrides ``process_request()`` or
 ``finish_request()`` (``ThreadingMixIn``, ``ForkingMixIn``): the reactor can
 only drive the handler when it builds it the way ``BaseServer`` does.
 
+When the server reads requests ahead (``reactor.readahead``, on by default
+for handlers whose request boundary the loop can see), a kept connection's
+next request is read whole by the loop, and only then handed to a worker.
+
 No request is stranded
 ----------------------
 Bytes the client already sent may sit in the handler's ``rfile`` buffer or in
@@ -79,6 +83,11 @@ class RequestLoop:
     says so). ``handle()`` calls it until then, which is what runs when the
     handler is not hosted by a reactor (or parking is off); on a reactor the
     connection waits in the loop between two calls, holding no thread.
+
+    Give the class a ``request_boundary`` too (a callable returning a fresh
+    ``reactor.readahead.RequestBoundary``) and the loop reads each request
+    whole before the handler runs, so a client that trickles its request
+    holds no thread either (``reactor.readahead``).
 
     Example::
 
