@@ -119,6 +119,19 @@ class LineBoundary:
         self.received = 0
 
 
+class UpperLines(RequestLoop, socketserver.StreamRequestHandler):
+    """Answers each line in capitals; a line is a request the loop reads ahead."""
+
+    request_boundary = LineBoundary
+
+    def handle_one_request(self) -> None:
+        line = self.rfile.readline()
+        if not line:
+            self.close_connection = True
+            return
+        self.wfile.write(line.upper())
+
+
 def counters(reactor: Reactor) -> dict[str, int]:
     return dict(reactor.stats()["servers"][0]["counters"])
 
@@ -317,16 +330,10 @@ def test_fileno_hands_the_socket_over_so_select_sees_what_the_handler_expects() 
 def test_a_request_loop_handler_with_a_request_boundary_hook_is_read_ahead() -> None:
     seen: list[type] = []
 
-    class Upper(RequestLoop, socketserver.StreamRequestHandler):
-        request_boundary = LineBoundary
-
+    class Upper(UpperLines):
         def handle_one_request(self) -> None:
             seen.append(type(self.request))
-            line = self.rfile.readline()
-            if not line:
-                self.close_connection = True
-                return
-            self.wfile.write(line.upper())
+            super().handle_one_request()
 
     reactor = Reactor()
     server = socketserver.TCPServer(("127.0.0.1", 0), Upper)
@@ -486,23 +493,13 @@ def test_every_stream_family_is_read_ahead(family: str) -> None:
     if family == "tcp6" and not ipv6_available():
         pytest.skip("no IPv6 loopback")
 
-    class Lines(RequestLoop, socketserver.StreamRequestHandler):
-        request_boundary = LineBoundary
-
-        def handle_one_request(self) -> None:
-            line = self.rfile.readline()
-            if not line:
-                self.close_connection = True
-                return
-            self.wfile.write(line.upper())
-
     with contextlib.ExitStack() as stack:
         if family == "unix":
             path = os.path.join(stack.enter_context(short_unix_dir()), "s")
-            server: Any = socketserver.UnixStreamServer(path, Lines)
+            server: Any = socketserver.UnixStreamServer(path, UpperLines)
             sock_family, address = socket.AF_UNIX, path
         else:
-            server = socketserver.TCPServer(("::1", 0), Lines)
+            server = socketserver.TCPServer(("::1", 0), UpperLines)
             sock_family, address = socket.AF_INET6, server.server_address[:2]
         stack.callback(server.server_close)
         reactor = Reactor()
