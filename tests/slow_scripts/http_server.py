@@ -19,11 +19,11 @@ import argparse
 import functools
 import hashlib
 import http.server
+import os
 import resource
 import signal
 import socket
 import sys
-import threading
 from typing import Any
 
 from reactor import Prefork, Reactor, ThreadPool
@@ -81,12 +81,12 @@ def main() -> int:
     reactor.add_server(server, dispatch, **options)
     reactor.add_signal_handler(signal.SIGTERM, reactor.stop)
 
-    def stop_at_eof() -> None:
-        sys.stdin.read()
-        reactor.call_soon_threadsafe(reactor.stop)
+    def on_stdin() -> None:
+        if not os.read(sys.stdin.fileno(), 4096):  # EOF: the test is gone
+            reactor.remove_reader(sys.stdin.fileno())
+            reactor.stop()
 
-    if args.dispatch == "threadpool":  # Prefork refuses to fork while other threads run
-        threading.Thread(target=stop_at_eof, name="stdin", daemon=True).start()
+    reactor.add_reader(sys.stdin.fileno(), on_stdin)
     print(f"ready {server.server_address[1]}", flush=True)
     reactor.serve_forever()
     reactor.close()
