@@ -782,6 +782,24 @@ def test_slowhttptest_leaves_the_service_available(attack: str, dispatch: str, d
                                       f"{len(seconds)} s\n{table}")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_the_slowhttptest_check_passes_a_thread_per_connection_server(docroot: Path, tmp_path: Path) -> None:
+    """The control: the same harness (slow read, the subtlest) against the stdlib's ThreadingHTTPServer,
+    which no slow client starves, finds the service available: a failure above is the server's."""
+    if not os.access(SLOWHTTPTEST, os.X_OK):
+        unavailable("slowhttptest is not installed (Debian package slowhttptest)")
+    mode, path = ATTACKS["slow-read"]
+    with http_server_process(docroot, "--dispatch", "stdlib-threading", "--sndbuf", str(SMALL_SNDBUF)) as port:
+        result = subprocess.run([SLOWHTTPTEST, *mode, "-c", str(ATTACKERS), "-r", "200", "-p", "3", "-l", "8",
+                                 "-u", f"http://127.0.0.1:{port}{path}", "-g", "-o", str(tmp_path / "report")],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    seconds = read_slowhttptest_csv(tmp_path / "report.csv")
+    assert max(s.connected for s in seconds) >= 0.9 * ATTACKERS
+    assert all(s.available for s in seconds), seconds
+
+
 # -- the bench's slow-clients cell, end to end and small ------------------------------------------------
 
 

@@ -24,6 +24,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from reactor import Prefork, Reactor, ThreadPool
@@ -57,10 +58,30 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def serve_threading(args: argparse.Namespace) -> int:
+    class ThreadingServer(http.server.ThreadingHTTPServer):
+        request_queue_size = 1024
+        daemon_threads = True
+
+    server = ThreadingServer(("127.0.0.1", 0), functools.partial(Files, directory=args.docroot))
+    if args.sndbuf:
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, args.sndbuf)
+    stopping = threading.Thread(target=lambda: (sys.stdin.read(), server.shutdown()), name="stdin", daemon=True)
+    stopping.start()
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown).start())
+    print(f"ready {server.server_address[1]}", flush=True)
+    server.serve_forever(poll_interval=0.1)
+    server.server_close()
+    print("stopped", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docroot", required=True)
-    parser.add_argument("--dispatch", choices=("threadpool", "prefork"), default="threadpool")
+    parser.add_argument("--dispatch", choices=("threadpool", "prefork", "stdlib-threading"), default="threadpool",
+                        help="stdlib-threading: the stdlib's ThreadingHTTPServer, a thread per connection, "
+                             "no reactor (the tests' control: slowhttptest cannot starve it)")
     parser.add_argument("--threads", type=int, default=8, help="ThreadPool size, or threads per Prefork worker")
     parser.add_argument("--workers", type=int, default=2, help="Prefork workers")
     parser.add_argument("--read-ahead", choices=("on", "off", "default"), default="default")
@@ -69,6 +90,8 @@ def main() -> int:
     args = parser.parse_args()
     raise_fd_limit()
 
+    if args.dispatch == "stdlib-threading":
+        return serve_threading(args)
     options: dict[str, Any] = {}
     if args.read_ahead != "default":
         options["read_ahead"] = args.read_ahead == "on"
