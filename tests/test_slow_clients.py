@@ -333,6 +333,10 @@ class Scenario:
 SCENARIOS = {
     # A header byte every 100 ms, forever.
     "slowloris": Scenario({"drip": slowloris_drip}),
+    # The same on a kept-alive connection: one whole request first, then the next one trickles
+    # (the loop reads a parked connection's next request ahead too).
+    "slowloris-keep-alive": Scenario({"opening": b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+                                      "drip": slowloris_drip}),
     # A whole head announcing 10,000 bytes, then 3 bytes of body every 100 ms.
     "slow-body": Scenario({"opening": SLOW_BODY_HEAD, "drip": lambda: itertools.repeat(b"abc")}),
     # A small window asking for 256 KiB, then reading one byte every 100 ms.
@@ -577,17 +581,19 @@ def test_a_3_mib_body_arrives_intact(docroot: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_256_kib_reply_arrives_byte_for_byte(docroot: Path) -> None:
-    with hosted(files(docroot)) as (reactor, server):
-        conn = http.client.HTTPConnection(*server.server_address, timeout=IO_TIMEOUT)
-        try:
-            for _ in range(2):  # and again on the same connection
-                conn.request("GET", "/big.bin")
-                response = conn.getresponse()
+def test_a_256_kib_reply_and_one_above_write_buffer_limit_arrive_byte_for_byte(docroot: Path) -> None:
+    # The server's send buffer small and the client's window small: the replies wait in the server
+    # (past write_buffer_in_memory, 64 KiB, and for 3 MiB past write_buffer_limit, 1 MiB, where the
+    # handler's writes block until the loop has flushed).
+    huge = os.urandom(3 * 1024 * 1024)
+    (docroot / "huge.bin").write_bytes(huge)
+    with hosted(files(docroot), sndbuf=SMALL_SNDBUF) as (reactor, server):
+        with connect(server.server_address, rcvbuf=READER_RCVBUF) as sock, sock.makefile("rb") as reader:
+            for path, expected in (("/big.bin", big_content()), ("/huge.bin", huge), ("/big.bin", big_content())):
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())  # on one connection
+                response = read_response(reader)
                 assert response.status == 200
-                assert response.read() == big_content()
-        finally:
-            conn.close()
+                assert len(response.body) == len(expected) and response.body == expected, path
 
 
 @pytest.mark.timeout(30)
