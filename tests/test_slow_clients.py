@@ -2,7 +2,8 @@
 
 The loop reads a whole HTTP request (head, then body) before a worker sees it, and flushes the
 reply from a buffer it owns, so a client that sends or reads slowly holds a connection, never a
-thread. Every scenario runs an unmodified HTTP/1.1 ``SimpleHTTPRequestHandler`` (plus a plain
+thread. Every scenario (slowloris, slowloris on a kept-alive connection's next request, a slow
+body, a slow reader) runs an unmodified HTTP/1.1 ``SimpleHTTPRequestHandler`` (plus a plain
 ``do_POST``) on a pool of 2 threads, lets more slow clients than that trickle, and checks that a
 fresh client is answered within a second meanwhile. The same scenarios with ``read_ahead=False``
 (the behaviour before issue 14: the handler reads the socket itself) must starve the fresh client:
@@ -14,7 +15,8 @@ answer 408/413/431; what must keep working does (``Expect: 100-continue`` with c
 big replies, pipelining, TLS and what a handler asks its TLS connection, ``xmlrpc.server`` and
 ``wsgiref``). Last, slowhttptest itself (600 connections) against a server in a fresh
 interpreter on ``ThreadPool(8)`` and on ``Prefork`` (2 workers x 4 threads), judged from its CSV
-report, and a short end-to-end run of the bench's slow-clients cell.
+report (with a control run against ``ThreadingHTTPServer``, which it cannot starve), and a short
+end-to-end run of the bench's slow-clients cell.
 
 Synchronisation is on what the clients saw (bytes sent, bytes received), never on sleeping; a
 slow client paces its own sends and reads with ``Event.wait(0.1)``: that is its behaviour.
