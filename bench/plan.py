@@ -30,6 +30,8 @@ class Workload:
     limit_s: float = 0.0
     #: idle-load: idle connections held open (each served once) while the load runs.
     idle: int = 0
+    #: slow-clients: slow connections attacking while the load runs (bench/slowclients.py).
+    attackers: int = 0
 
     @property
     def key(self) -> str:
@@ -52,6 +54,10 @@ class Workload:
         return self.connections + FD_SLACK if self.persistent else 0
 
     def describe(self) -> str:
+        if self.kind == "slow-clients":
+            return (f"{self.name}: {self.concurrency} keep-alive HTTP clients (GETs of a 1 KiB file) alone, then "
+                    f"beside {self.attackers} slowloris connections; then {self.attackers} slow readers of "
+                    f"a 256 KiB reply; reactor ThreadPool(8), ThreadingHTTPServer and waitress (8 threads)")
         what = {
             "crr": "connect, request, reply, close",
             "rr": "request/reply on persistent connections",
@@ -82,6 +88,9 @@ FD_SLACK = 64
 #: at once overflows the listen backlog: SYNs are retried after 1 s, 3 s, ...).
 IDLE_CONNECTIONS = 10_000
 IDLE_TIMEOUT_S = 15.0
+#: slow-clients (issue 14): the attackers, and the one contender whose cell runs the three servers.
+SLOW_ATTACKERS = 600
+SLOW_CLIENTS_CONTENDER = "reactor-threadpool"
 
 CRR_TCP = Workload("crr", "throughput", "crr", "tcp", 50)
 CPU_TCP = Workload("cpu", "throughput", "crr", "tcp", 8, handler="cpu", spread_server=True)
@@ -107,6 +116,8 @@ FULL = [
     # ab -k -c 200 -n 12000: 60 requests per connection on average; about 3.5 s for the stdlib's
     # ThreadingHTTPServer on one CPU, 2 s for ThreadPool(8) with parking.
     Workload("keepalive", "http", "http", "tcp", 200, handler="http", requests=12000, limit_s=10.0),
+    # Issue 14: 50 keep-alive clients with and without 600 slow ones, three servers side by side.
+    Workload("slow-clients", "slow-clients", "http", "tcp", 50, handler="http", attackers=SLOW_ATTACKERS),
 ]
 
 QUICK = [
@@ -125,6 +136,9 @@ def why_not(contender: Contender, workload: Workload, server_cpus: int,
     ``fd_hard_limit``: the hard RLIMIT_NOFILE the servers and generators inherit (default: this
     process's); every process the bench starts raises its soft limit to it.
     """
+    if workload.kind == "slow-clients" and contender.name != SLOW_CLIENTS_CONTENDER:
+        return (f"run once, as {SLOW_CLIENTS_CONTENDER}'s cell, with the stdlib's ThreadingHTTPServer and "
+                f"waitress beside it")
     if not contender.available():
         return f"{contender.requires} is not installed (pip install -e '.[bench]')"
     if workload.kind == "http" and contender.http is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import slowclients
 from plan import PROBE_INTERVAL_S
 from servers import CONTENDERS, label
 
@@ -176,6 +177,8 @@ def one_line(cell: dict[str, Any]) -> str:
                 f"{_kinds(s['probe_error_kinds'])}; target {_verdict(s['met'])}")
     if cell["kind"] == "shutdown":
         return f"stop {s['stop_ms']:.1f} ms, close {s['close_ms']:.1f} ms"
+    if cell["kind"] == "slow-clients":
+        return slowclients.one_line(s)
     if cell["kind"] == "idle-load":
         return (f"{_num(s['ops_per_s'])} ops/s alone ({_ratio(s['ratio_to_reference'])} of reference), "
                 f"{_num(s['loaded_ops_per_s'])} beside {s['idle_held']}/{s['idle']} idle "
@@ -281,6 +284,7 @@ def headline(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "workload": workload, "ratio": ratio, "target": WITHIN_REACH,
                      "met": None if ratio is None else ratio >= WITHIN_REACH})
     rows += http_headline(cells)
+    rows += slowclients.headline(cells)
     return rows
 
 
@@ -431,6 +435,8 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
             out += _http_section(group)
         elif kind == "idle-load":
             out += _idle_load_section(group)
+        elif kind == "slow-clients":
+            out += slowclients.section(group)
         elif kind == "shutdown":
             out += _table(["contender", "shutdown() ms", "to all closed ms", "worst shutdown() ms"],
                           [[_cell_label(c), f"{c['summary']['stop_ms']:.1f}", f"{c['summary']['close_ms']:.1f}",

@@ -47,6 +47,7 @@ sys.path.insert(0, str(BENCH))
 import plan as plans  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
+import slowclients  # noqa: E402
 from plan import Workload  # noqa: E402
 from procs import BenchError, LineReader, Placement  # noqa: E402
 from servers import CONTENDERS, Contender, http_label  # noqa: E402
@@ -372,6 +373,8 @@ def run_cells(session: Session, workloads: list[Workload], contenders: list[Cont
                     cell.update(session.shutdown_cell(contender.name, workload))
                 elif workload.kind == "idle-load":
                     cell.update(session.idle_load_cell(contender.name, workload))
+                elif workload.kind == "slow-clients":
+                    cell.update(slowclients.run_cell(session, workload))
                 else:
                     cell.update(session.memory_cell(contender.name, workload))
                 cell["status"] = "ok"
@@ -402,6 +405,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--contenders", help=f"comma-separated, from: {', '.join(CONTENDERS)}")
     parser.add_argument("--idle-connections", type=int, metavar="N",
                         help=f"idle connections of the idle-load workload (default {plans.IDLE_CONNECTIONS:,})")
+    parser.add_argument("--slow-attackers", type=int, metavar="N",
+                        help=f"slow connections of the slow-clients workload (default {plans.SLOW_ATTACKERS})")
     parser.add_argument("--python-loadgen", action="store_true", help="use the pure-Python load generator")
     parser.add_argument("--tools", type=Path, default=BENCH / "build",
                         help="where make bench-tools put loadgen and echo_server (default bench/build)")
@@ -412,6 +417,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--pairs must be at least 1")
     if args.idle_connections is not None and args.idle_connections < 1:
         parser.error("--idle-connections must be at least 1")
+    if args.slow_attackers is not None and args.slow_attackers < 1:
+        parser.error("--slow-attackers must be at least 1")
     args.duration = args.duration if args.duration is not None else 0.5 if args.quick else 1.5
     args.warmup = args.warmup if args.warmup is not None else 0.2 if args.quick else 0.3
     return args
@@ -426,6 +433,8 @@ def select_workloads(args: argparse.Namespace) -> list[Workload]:
             raise SystemExit(f"no workload matches {args.workloads}")
     if args.idle_connections is not None:
         workloads = [dataclasses.replace(w, idle=args.idle_connections) if w.idle else w for w in workloads]
+    if args.slow_attackers is not None:
+        workloads = [dataclasses.replace(w, attackers=args.slow_attackers) if w.attackers else w for w in workloads]
     return workloads
 
 
