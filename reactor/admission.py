@@ -99,16 +99,18 @@ class AdmissionOptions:
             request boundary; False: the handler reads and writes its socket
             itself. Not an admission stage either; the fields below are its limits.
         request_head_timeout: seconds from a request's first byte to the end of its head (then 408).
-        request_body_timeout, request_body_min_rate: a body must arrive within
-            ``request_body_timeout + received / request_body_min_rate`` seconds of its head (then 408).
+        request_body_timeout, request_body_min_rate: in every ``request_body_timeout`` seconds
+            a body must bring ``request_body_min_rate * request_body_timeout`` bytes, or the
+            rest of it (then 408).
         max_request_head: bytes of request line and headers at most (then 431; 414 for the line alone).
         max_request_headers: header fields at most (then 431).
         max_request_body: body bytes at most (then 413); None: no limit.
         request_body_in_memory: body bytes held in memory; the rest is spooled to a temporary file.
         write_buffer_in_memory: reply bytes held in memory; the rest is spooled to a temporary file.
         write_buffer_limit: reply bytes buffered at most; above it the handler's write blocks.
-        send_timeout, send_min_rate: a reply must leave within ``send_timeout + sent / send_min_rate``
-            seconds of when it started waiting (else the connection is closed).
+        send_timeout, send_min_rate: in every ``send_timeout`` seconds a reply waits, the client
+            must take ``send_min_rate * send_timeout`` bytes of it, or the rest of it (else the
+            connection is closed).
     """
 
     ssl_context: ssl.SSLContext | None = None

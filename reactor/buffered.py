@@ -15,8 +15,9 @@ the worker:
   them; the rest waits in the *outbound* buffer, which the loop flushes. The
   buffer keeps ``write_buffer_in_memory`` bytes in memory and spools the rest
   to an unnamed temporary file; only above ``write_buffer_limit`` does the
-  handler's write block (backpressure). A reader that takes its reply slower
-  than ``send_min_rate`` (after a grace of ``send_timeout``) is disconnected.
+  handler's write block (backpressure). A reader that takes less than
+  ``send_min_rate * send_timeout`` bytes of its reply (or less than was
+  waiting) in any ``send_timeout`` seconds is disconnected.
 * **Closing** waits for the outbound buffer: the handler's ``close()`` returns
   at once and the loop closes the socket once the reply is out.
 
@@ -73,10 +74,9 @@ class BufferLimits:
     Attributes:
         write_buffer_in_memory: outbound bytes kept in memory; the rest is spooled to a temporary file.
         write_buffer_limit: outbound bytes (memory and spool) above which the handler's write blocks.
-        send_timeout: seconds a reply may take to leave before ``send_min_rate`` applies.
-        send_min_rate: bytes per second the reader must take, after ``send_timeout``
-            (the reply's deadline is ``send_timeout + sent / send_min_rate`` seconds
-            after it started waiting in the buffer).
+        send_timeout, send_min_rate: in every ``send_timeout`` seconds a reply waits in the
+            buffer, the reader must take ``send_min_rate * send_timeout`` bytes of it (or all
+            that was waiting); else it is disconnected.
         body_in_memory: bytes of a request body read ahead into memory; the rest is spooled.
     """
 
@@ -336,8 +336,10 @@ class BufferedConnection:
         self._writer_registered = False
         self._reader_registered = False
         self._send_timer: TimerHandle | None = None
-        self._backlog_since = 0.0
-        self._sent_in_backlog = 0
+        # The send deadline is checked once per window of send_timeout seconds.
+        self._window_start = 0.0
+        self._window_sent = 0  # bytes that left the buffer in this window
+        self._window_due = 0  # bytes buffered when it began
         self._timeout = timeout  # the handler's settimeout()
         self._handed_over = False
         self._eof_pending = False
@@ -496,8 +498,6 @@ class BufferedConnection:
                     return size
                 view = view[sent:]
                 self._flushing = schedule = True
-                self._backlog_since = time.monotonic()
-                self._sent_in_backlog = 0
             # A view of a buffer the handler may reuse must be copied before it waits.
             self._outbound.append(view if isinstance(view, bytes) else bytes(view))
             over = self._outbound.size > self.limits.write_buffer_limit
@@ -520,20 +520,21 @@ class BufferedConnection:
 
     def _wait_for_room(self, below: int) -> None:
         if self.loop.in_loop():
-            deadline = None
             while True:
                 with self._lock:
                     if self._closed:
                         raise self._error_to_raise()
                     if self._outbound.size <= below:
                         return
-                    if deadline is None:
-                        deadline = self._send_deadline()
+                    deadline = self._window_start + self.limits.send_timeout
                 try:
                     self._poll(select.POLLOUT, deadline, "send timed out")
                 except TimeoutError:
-                    self._send_timed_out()
-                    raise self._error_to_raise() from None
+                    with self._lock:
+                        late = self._window_late()
+                    if late:
+                        self._send_timed_out()
+                        raise self._error_to_raise() from None
         with self._lock:
             while not self._closed and self._outbound.size > below:
                 self._room.wait()
@@ -548,9 +549,20 @@ class BufferedConnection:
             return self.sock.send(data[:_TLS_RECORD])
         return self.sock.send(data)
 
-    def _send_deadline(self) -> float:
+    def _new_window(self) -> None:
+        self._window_start = time.monotonic()
+        self._window_sent = 0
+        self._window_due = self._outbound.size
+
+    def _window_late(self) -> bool:
+        """At the end of a window: True if the reader took less than ``send_min_rate`` asks
+        (or than what was buffered), else start the next window. Under the lock."""
         limits = self.limits
-        return self._backlog_since + limits.send_timeout + self._sent_in_backlog / limits.send_min_rate
+        needed = min(int(limits.send_min_rate * limits.send_timeout), self._window_due)
+        if self._window_sent < needed:
+            return True
+        self._new_window()
+        return False
 
     # -- flushing (the loop's thread) --------------------------------------------
 
@@ -559,10 +571,9 @@ class BufferedConnection:
             if self._closed or not self._flushing or self._writer_registered:
                 return
             self._writer_registered = True
-            deadline = self._send_deadline()
+            self._new_window()
         self.loop.add_writer(self.fd, self._on_writable)
-        self._send_timer = self.loop.call_at(self.loop.time() + max(0.0, deadline - time.monotonic()),
-                                             self._check_send_deadline)
+        self._send_timer = self.loop.call_later(self.limits.send_timeout, self._check_send_deadline)
 
     def _on_writable(self) -> None:
         self._flush_now()
@@ -580,7 +591,7 @@ class BufferedConnection:
                         break
                     sent = self._send(head)
                     outbound.consumed(sent)
-                    self._sent_in_backlog += sent
+                    self._window_sent += sent
                     if sent < len(head) and not self.tls:
                         break
             except self._want_io:
@@ -611,11 +622,8 @@ class BufferedConnection:
         with self._lock:
             if self._closed or not self._flushing:
                 return
-            deadline = self._send_deadline()
-            late = time.monotonic() >= deadline
-            if not late:
-                self._send_timer = self.loop.call_at(self.loop.time() + deadline - time.monotonic(),
-                                                     self._check_send_deadline)
+            if not self._window_late():
+                self._send_timer = self.loop.call_later(self.limits.send_timeout, self._check_send_deadline)
                 return
         self._send_timed_out()
 

@@ -336,9 +336,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     slow.add_argument("--request-head-timeout", metavar="SECONDS", type=_positive(float),
                       help="seconds from a request's first byte to the end of its head, then 408 (default 10)")
     slow.add_argument("--request-body-timeout", metavar="SECONDS", type=_positive(float),
-                      help="grace for a request body, then --request-body-min-rate applies (default 10)")
+                      help="window of the request body's minimum rate: each must bring "
+                           "--request-body-min-rate times this many bytes, or the rest, then 408 (default 10)")
     slow.add_argument("--request-body-min-rate", metavar="BYTES", type=_positive(int),
-                      help="bytes per second a request body must keep up after its grace (default 1024)")
+                      help="bytes per second a request body must keep up over each window (default 1024)")
     slow.add_argument("--max-request-head", metavar="BYTES", type=_positive(int),
                       help="request line and headers at most, then 431 (default 65536)")
     slow.add_argument("--max-request-headers", metavar="N", type=_positive(int),
@@ -353,9 +354,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     slow.add_argument("--write-buffer-limit", metavar="BYTES", type=_positive(int),
                       help="reply bytes buffered at most; above it the handler's write waits (default 1 MiB)")
     slow.add_argument("--send-timeout", metavar="SECONDS", type=_positive(float),
-                      help="grace for a reply to leave, then --send-min-rate applies (default 10)")
+                      help="window of a reply's minimum rate: in each the client must take --send-min-rate "
+                           "times this many bytes, or the rest (default 10)")
     slow.add_argument("--send-min-rate", metavar="BYTES", type=_positive(int),
-                      help="bytes per second a client must take its reply at after the grace, or it is "
+                      help="bytes per second a client must take its reply at over each window, or it is "
                            "disconnected (default 1024)")
 
 

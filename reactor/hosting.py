@@ -255,9 +255,10 @@ class Reactor(EventLoop):
                 boundary; False: the handler reads and writes its socket itself.
             request_head_timeout: seconds from a request's first byte to the
                 end of its head; then ``408 Request Timeout`` and close.
-            request_body_timeout, request_body_min_rate: the body must arrive
-                within ``request_body_timeout + received / request_body_min_rate``
-                seconds of the head; then 408.
+            request_body_timeout, request_body_min_rate: in every
+                ``request_body_timeout`` seconds the body must bring
+                ``request_body_min_rate * request_body_timeout`` bytes (or the
+                rest of it); then 408.
             max_request_head: bytes of request line and headers at most (431; 414 for a long line).
             max_request_headers: header fields at most (431).
             max_request_body: body bytes at most (413); None: unlimited.
@@ -267,9 +268,10 @@ class Reactor(EventLoop):
                 spooled to a temporary file.
             write_buffer_limit: reply bytes buffered at most; above it the
                 handler's write blocks until the client took half of them.
-            send_timeout, send_min_rate: a reply must leave within
-                ``send_timeout + sent / send_min_rate`` seconds of when it began
-                waiting, or the connection is closed (``send_timeouts``).
+            send_timeout, send_min_rate: in every ``send_timeout`` seconds a
+                reply waits, the client must take ``send_min_rate * send_timeout``
+                bytes of it (or the rest of it), or the connection is closed
+                (``send_timeouts``).
 
         Raises:
             ValueError: the server or its descriptor is already in this reactor.

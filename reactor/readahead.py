@@ -7,8 +7,9 @@ stream server whose handler exposes its *request boundary*, the loop:
 1. reads the client's bytes into the connection's buffer
    (``reactor.buffered``) until a whole request is there: the head, then the
    body by ``Content-Length`` or chunked, under deadlines (the head within
-   ``request_head_timeout`` of its first byte; the body within
-   ``request_body_timeout + received / request_body_min_rate``) and limits
+   ``request_head_timeout`` of its first byte; the body at least
+   ``request_body_min_rate * request_body_timeout`` bytes, or the rest of
+   it, in every ``request_body_timeout`` seconds) and limits
    (head size, header count, body size; bodies above
    ``request_body_in_memory`` are spooled to a temporary file);
 2. hands the connection to the dispatch strategy: the handler's ``rfile``
@@ -130,7 +131,8 @@ def _is_http_handler(handler: type) -> bool:
 class _Reading:
     """A connection whose next request the loop is reading."""
 
-    __slots__ = ("conn", "boundary", "kept", "timer", "timer_phase", "phase", "since", "stored", "idle_timeout")
+    __slots__ = ("conn", "boundary", "kept", "timer", "timer_phase", "phase", "since", "stored", "idle_timeout",
+                 "mark")
 
     def __init__(self, conn: BufferedConnection, boundary: Any, kept: KeptConnection | None) -> None:
         self.conn = conn
@@ -141,6 +143,7 @@ class _Reading:
         self.phase = "idle"  # idle (no byte yet), head, body
         self.since = 0.0  # when the phase began, on the loop's clock
         self.idle_timeout = 0.0
+        self.mark = 0  # bytes of the request received when the body's current window began
         self.stored = 0  # bytes of this request already in the connection's buffer
 
 
@@ -346,6 +349,7 @@ class ReadAhead:
         if boundary.head_complete and not head_before and not boundary.complete:
             reading.phase = "body"
             reading.since = self._loop.time()
+            reading.mark = boundary.head_length if hasattr(boundary, "head_length") else boundary.received
             if getattr(boundary, "expects_continue", False):
                 try:
                     reading.conn.write(_CONTINUE)
@@ -412,16 +416,20 @@ class ReadAhead:
         self._refuse(reading, 408, f"no whole request head within {self._options.request_head_timeout}s")
 
     def _body_check(self, reading: _Reading) -> None:
+        """The end of a body window: at least ``request_body_min_rate * request_body_timeout``
+        bytes (or what was left) must have come in it."""
         reading.timer = None
         options = self._options
         boundary = reading.boundary
-        body = boundary.received - getattr(boundary, "head_length", 0)
-        deadline = reading.since + options.request_body_timeout + body / options.request_body_min_rate
-        now = self._loop.time()
-        if now < deadline:
-            reading.timer = self._loop.call_later(deadline - now, self._body_check, reading)
+        needed = int(options.request_body_min_rate * options.request_body_timeout)
+        length = getattr(boundary, "body_length", None)
+        if length is not None:
+            needed = min(needed, getattr(boundary, "head_length", 0) + length - reading.mark)
+        if boundary.received - reading.mark < needed:
+            self._refuse(reading, 408, f"request body slower than {options.request_body_min_rate} bytes/s")
             return
-        self._refuse(reading, 408, f"request body slower than {options.request_body_min_rate} bytes/s")
+        reading.mark = boundary.received
+        reading.timer = self._loop.call_later(options.request_body_timeout, self._body_check, reading)
 
     def _ready(self, reading: _Reading) -> None:
         conn = reading.conn
