@@ -470,7 +470,8 @@ class BufferedConnection:
             SendTimeout: the reader was disconnected for taking its reply too slowly.
             OSError: the connection failed or is closed (``BrokenPipeError``).
         """
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        immutable = type(data) is bytes
+        view = memoryview(data).cast("B")  # slices without copying
         size = len(view)
         if not size:
             return 0
@@ -485,8 +486,7 @@ class BufferedConnection:
                 sent = 0
                 try:
                     while sent < size:
-                        n = self._send(view[sent:] if sent else view)
-                        sent += n
+                        sent += self._send(view[sent:] if sent else view)
                         if not self.tls:
                             break  # a partial send: the kernel's buffer is full
                 except self._want_io:
@@ -498,8 +498,8 @@ class BufferedConnection:
                     return size
                 view = view[sent:]
                 self._flushing = schedule = True
-            # A view of a buffer the handler may reuse must be copied before it waits.
-            self._outbound.append(view if isinstance(view, bytes) else bytes(view))
+            # A buffer the handler may reuse must be copied before it waits; bytes need not be.
+            self._outbound.append(view if immutable else bytes(view))
             over = self._outbound.size > self.limits.write_buffer_limit
         if schedule:
             if self.loop.in_loop():
