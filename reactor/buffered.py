@@ -690,8 +690,9 @@ class BufferedConnection:
             pass
 
     def _release(self) -> None:
-        if (self._writer_registered or self._reader_registered) and not self.loop.in_loop():
-            try:  # only the loop's thread may unregister the descriptor; it closes it after
+        if ((self._writer_registered or self._reader_registered) and self.loop.running
+                and not self.loop.in_loop()):
+            try:  # only the running loop's thread may unregister the descriptor; it closes it after
                 self.loop.call_soon_threadsafe(self._release)
                 return
             except RuntimeError:
