@@ -50,12 +50,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._ratelimit import RateLimitedLog
 from ._timers import TimerHandle
 from .loop import EventLoop
 
 __all__ = ["BufferLimits", "BufferedConnection", "ConnectionSocket", "SendTimeout"]
 
 logger = logging.getLogger(__name__)
+_log = RateLimitedLog(logger)
 
 #: Most bytes one recv() asks for (a larger buffer makes glibc mmap every allocation).
 _RECV_SIZE = 65536
@@ -81,7 +83,7 @@ class BufferLimits:
     """
 
     write_buffer_in_memory: int = 65536
-    write_buffer_limit: int = 1 << 20
+    write_buffer_limit: int = 16 << 20
     send_timeout: float = 10.0
     send_min_rate: int = 1024
     body_in_memory: int = 65536
@@ -234,24 +236,27 @@ class _Inbound:
 class _Outbound:
     """Reply bytes not sent yet: memory chunks, then (past the in-memory limit) a spool."""
 
-    __slots__ = ("chunks", "memory", "spool", "in_memory")
+    __slots__ = ("chunks", "memory", "spool", "in_memory", "spool_failed")
 
     def __init__(self, in_memory: int) -> None:
         self.chunks: collections.deque[bytes | memoryview] = collections.deque()
         self.memory = 0
         self.spool: _Spool | None = None
         self.in_memory = in_memory
+        self.spool_failed = False  # then the in-memory size is the limit too
 
     @property
     def size(self) -> int:
         return self.memory + (self.spool.size if self.spool is not None else 0)
 
     def append(self, data: bytes | memoryview) -> None:
-        if self.spool is None and self.memory + len(data) > self.in_memory:
+        if self.spool is None and not self.spool_failed and self.memory + len(data) > self.in_memory:
             try:
                 self.spool = _Spool()
-            except OSError as exc:  # no descriptor or no disk: hold it in memory (write_buffer_limit still bounds it)
-                logger.warning("could not spool a reply to a temporary file: %s", exc)
+            except OSError as exc:  # no descriptor or no disk: the writer waits at the in-memory size
+                self.spool_failed = True
+                _log.warning(exc.errno, "could not spool a reply to a temporary file (%s): its writer waits "
+                             "for the client above write_buffer_in_memory", exc)
         if self.spool is not None:
             self.spool.write(data)
         else:
@@ -500,7 +505,7 @@ class BufferedConnection:
                 self._flushing = schedule = True
             # A buffer the handler may reuse must be copied before it waits; bytes need not be.
             self._outbound.append(view if immutable else bytes(view))
-            over = self._outbound.size > self.limits.write_buffer_limit
+            over = self._outbound.size > self._limit()
         if schedule:
             if self.loop.in_loop():
                 self._start_flushing()
@@ -511,8 +516,13 @@ class BufferedConnection:
                     self.abort(BrokenPipeError(errno.EPIPE, "the server stopped"))
                     raise self._error_to_raise() from None
         if over or self._handed_over:
-            self._wait_for_room(0 if self._handed_over else self.limits.write_buffer_limit // 2)
+            self._wait_for_room(0 if self._handed_over else self._limit() // 2)
         return size
+
+    def _limit(self) -> int:
+        """Buffered bytes above which a write waits."""
+        limits = self.limits
+        return limits.write_buffer_in_memory if self._outbound.spool_failed else limits.write_buffer_limit
 
     def flush(self) -> None:
         """Wait until every buffered byte is sent (under the send deadline)."""
@@ -599,7 +609,7 @@ class BufferedConnection:
             except OSError as exc:
                 self._error = exc
                 finish = True
-            if outbound.size <= self.limits.write_buffer_limit // 2 or finish:
+            if outbound.size <= self._limit() // 2 or finish:
                 self._room.notify_all()
             if outbound.head() is None or finish:
                 self._flushing = False

@@ -352,7 +352,8 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     slow.add_argument("--write-buffer-in-memory", metavar="BYTES", type=_positive(int),
                       help="reply bytes held in memory; the rest is spooled to a temporary file (default 65536)")
     slow.add_argument("--write-buffer-limit", metavar="BYTES", type=_positive(int),
-                      help="reply bytes buffered at most; above it the handler's write waits (default 1 MiB)")
+                      help="reply bytes buffered at most; above it the handler's write waits (default 16 MiB; "
+                           "past --write-buffer-in-memory they wait in a temporary file)")
     slow.add_argument("--send-timeout", metavar="SECONDS", type=_positive(float),
                       help="window of a reply's minimum rate: in each the client must take --send-min-rate "
                            "times this many bytes, or the rest (default 10)")

@@ -183,7 +183,7 @@ class Reactor(EventLoop):
         max_request_body: int | None = 1 << 30,
         request_body_in_memory: int = 65536,
         write_buffer_in_memory: int = 65536,
-        write_buffer_limit: int = 1 << 20,
+        write_buffer_limit: int = 16 << 20,
         send_timeout: float = 10.0,
         send_min_rate: int = 1024,
     ) -> None:

@@ -518,3 +518,24 @@ def test_every_stream_family_is_read_ahead(family: str) -> None:
         assert fresh.recv(100) == b"FRESH\n"
         slow.sendall(b"le\n")
         assert slow.recv(100) == b"TRICKLE\n"
+
+
+def test_when_no_spool_can_be_made_the_in_memory_size_becomes_the_limit(monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Out of descriptors (EMFILE) or disk, a reply waits in memory only up to write_buffer_in_memory."""
+    from reactor import buffered
+
+    def no_spool() -> Any:
+        raise OSError(24, "Too many open files")  # EMFILE, injected: the whole test process would suffer it
+
+    monkeypatch.setattr(buffered, "_Spool", no_spool)
+    outbound = _Outbound(in_memory=10)
+    outbound.append(b"0123456789")
+    outbound.append(b"abc")
+    assert outbound.spool_failed and outbound.spool is None and outbound.size == 13
+    assert "could not spool a reply" in caplog.text
+    out = b""
+    while (head := outbound.head()) is not None:
+        out += bytes(head)
+        outbound.consumed(len(head))
+    assert out == b"0123456789abc"
