@@ -45,6 +45,12 @@ What differs, on purpose:
   requests, holding no thread (see :mod:`reactor.keepalive`). Without
   ``dispatch``, ``serve_forever()`` keeps the stdlib's one connection per
   handler call unless ``connection_options`` sets ``keepalive_timeout``.
+* Under the same conditions, the loop reads each request of such a handler
+  whole before it runs, and writes its reply behind it, so a slow client
+  holds no worker (see :mod:`reactor.readahead`): the handler's
+  ``self.request`` is then a :class:`reactor.buffered.ConnectionSocket`, which
+  answers as a socket does. Without ``dispatch``, ``serve_forever()`` leaves
+  the handler its socket unless ``connection_options`` sets ``read_ahead``.
 * Framed message handlers (:class:`MessageRequestHandler`,
   :class:`LineRequestHandler`, :class:`LengthPrefixedRequestHandler`, and
   :class:`FrameError`, importable from here; see :mod:`reactor.framing`)
