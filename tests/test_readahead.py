@@ -539,3 +539,36 @@ def test_when_no_spool_can_be_made_the_in_memory_size_becomes_the_limit(monkeypa
         out += bytes(head)
         outbound.consumed(len(head))
     assert out == b"0123456789abc"
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, socket.socket),
+    ({"dispatch": "pool"}, ConnectionSocket),
+    ({"connection_options": "read_ahead"}, ConnectionSocket),
+])
+def test_a_compat_server_reads_ahead_only_with_a_dispatch_or_when_asked(options: dict[str, str],
+                                                                        expected: type) -> None:
+    from reactor.admission import AdmissionOptions
+
+    seen: list[type] = []
+
+    class Look(Echo):
+        def do_GET(self) -> None:
+            seen.append(type(self.request))
+            super().do_GET()
+
+    kwargs: dict[str, Any] = {}
+    if "dispatch" in options:
+        kwargs["dispatch"] = ThreadPool(2)
+    if "connection_options" in options:
+        kwargs["connection_options"] = AdmissionOptions(read_ahead=True)
+    server = socketserver.TCPServer(("127.0.0.1", 0), Look, **kwargs)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        assert get(server)[1] == b"xxx"
+    finally:
+        server.shutdown()
+        thread.join(CLIENT_TIMEOUT)
+        server.server_close()
+    assert seen == [expected]
