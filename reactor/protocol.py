@@ -258,7 +258,8 @@ class Transport:
     def _read_ready(self) -> None:
         sock = self._sock
         protocol = self._protocol
-        for _ in range(READS_PER_EVENT):
+        reads = READS_PER_EVENT
+        while True:
             try:
                 data = sock.recv(MAX_READ)
             except self._would_block:
@@ -279,10 +280,18 @@ class Transport:
             except Exception as exc:
                 self._callback_failed("data_received", exc)
                 return
+            # The common case first, in the fewest reads: a short read on a plain socket means
+            # the kernel had no more (don't pay for an EAGAIN).
+            short = len(data) < MAX_READ
+            if short and not self._tls:
+                return
             if not self._reading or self._closing:
                 return
-            if len(data) < MAX_READ and not (self._tls and sock.pending()):  # type: ignore[attr-defined]
-                return  # the kernel had no more: don't pay for an EAGAIN
+            if short and not sock.pending():  # type: ignore[attr-defined]
+                return  # nor had OpenSSL
+            reads -= 1
+            if not reads:
+                return
 
     def _was_reset(self, exc: OSError) -> bool:
         """True when a TLS read that failed with SSLEOFError met a reset, not a FIN.
@@ -322,6 +331,23 @@ class Transport:
             TypeError: ``data`` is not bytes-like.
             RuntimeError: after ``write_eof()``.
         """
+        if not (type(data) is bytes and data and not (self._buffer or self._closing or self._eof_pending)) \
+                and not self._write_needs_send(data):
+            return
+        try:
+            sent = self._sock.send(data)
+        except self._would_block:
+            sent = 0
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if sent != len(data):
+            self._buffer_rest(data, sent)
+
+    def _write_needs_send(self, data: bytes | bytearray | memoryview) -> bool:
+        """The rest of ``write()`` apart from its common case (non-empty bytes, nothing buffered):
+        check ``data``, drop it after a close, or queue it behind what is buffered; True when it
+        is to be sent now."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if self._eof_pending:
@@ -330,24 +356,20 @@ class Transport:
             self._dropped_writes += 1
             if self._dropped_writes == 1:
                 logger.warning("%r: write() after close() or abort(): dropped", self)
-            return
+            return False
         if not data:
-            return
+            return False
         if not self._buffer:
-            try:
-                sent = self._sock.send(data)
-            except self._would_block:
-                sent = 0
-            except OSError as exc:
-                self._fatal(exc)
-                return
-            if sent == len(data):
-                return
-            if sent:
-                data = memoryview(data)[sent:]
-            self._loop.add_writer(self._fd, self._write_ready)
-            self._writer_registered = True
+            return True
         self._buffer += data
+        self._maybe_pause_protocol()
+        return False
+
+    def _buffer_rest(self, data: bytes | bytearray | memoryview, sent: int) -> None:
+        """Keep what the kernel did not take of ``data`` and wait until the socket is writable."""
+        self._loop.add_writer(self._fd, self._write_ready)
+        self._writer_registered = True
+        self._buffer += memoryview(data)[sent:] if sent else data
         self._maybe_pause_protocol()
 
     def writelines(self, chunks: Any) -> None:
