@@ -79,6 +79,9 @@ MAX_READ = 64 * 1024
 READS_PER_EVENT = 16
 #: Datagrams a DatagramTransport queues (beyond the high-water mark they are dropped).
 MAX_QUEUED_DATAGRAMS = 1024
+#: Most datagrams a DatagramServer reads per readiness event (libuv reads 32): enough to
+#: make the wake-up cheap per datagram, few enough that the loop's other servers get a turn.
+DATAGRAMS_PER_WAKEUP = 64
 
 _MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0))
 
@@ -812,6 +815,10 @@ class DatagramServer(_BoundSocket):
     Made by ``Reactor.create_server``; a hosted server like any other. The
     protocol is made when hosting starts (``connection_made`` with its
     :class:`DatagramTransport`) and told ``connection_lost(None)`` when it ends.
+    Each time the socket is readable, the datagrams waiting are read until
+    none is left, at most ``DATAGRAMS_PER_WAKEUP`` of them, each handed to
+    ``datagram_received`` as it is read; each counts as a request (and as
+    dispatched) in the reactor's ``server_stats``.
     """
 
     def __init__(self, protocol_factory: Callable[[], DatagramProtocol], address: Any, *,
@@ -823,25 +830,93 @@ class DatagramServer(_BoundSocket):
         self.protocol: DatagramProtocol | None = None
         self.transport: DatagramTransport | None = None
         self.truncated_datagrams = 0
-        self._buffer = memoryview(bytearray(max_packet_size))
         self._hosted: HostedServer | None = None
+        self._into: memoryview | None = None
+        #: Reads left in this wake-up (a dropped datagram ends a get_request() call, not the wake-up).
+        self._reads_left = DATAGRAMS_PER_WAKEUP
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
 
     def get_request(self) -> tuple[bytes, Any]:
-        """Receive one datagram (one larger than ``max_packet_size`` is dropped and counted)."""
+        """Serve the datagrams waiting, then raise ``BlockingIOError`` (the host's "none left").
+
+        While hosted, every datagram read goes straight to the protocol's
+        ``datagram_received`` (one that raises is logged by ``handle_error``
+        and serving goes on): the host's per-request path would cost more
+        than the echo itself. The host learns the count through its counters
+        and still sees a too-large datagram, as ``RequestDropped``.
+        Unhosted, one datagram is received and returned.
+
+        Raises:
+            BlockingIOError: no datagram is left, or ``DATAGRAMS_PER_WAKEUP``
+                were served (the loop comes back for the rest), or serving
+                must pause (the reactor stops or a signal is pending).
+            RequestDropped: a datagram larger than ``max_packet_size`` (dropped, counted).
+        """
+        hosted = self._hosted
+        protocol = self.protocol
+        if hosted is None or protocol is None:
+            return self._receive()
+        loop = hosted.reactor
+        # recvfrom of one byte more than the limit: a longer datagram reads as exactly that
+        # many bytes and is dropped, never cut. 1.5 us a datagram here against 2.2 for
+        # recvmsg_into (MSG_TRUNC) and the copy out of its buffer; but recvfrom allocates its
+        # size each time, so a limit above MAX_READ (glibc would mmap) takes the buffer's way.
+        size = self.max_packet_size + 1
+        receive = self.socket.recvfrom if size <= MAX_READ + 1 else self._receive_into
+        datagram_received = protocol.datagram_received
+        served = 0
+        try:
+            while self._reads_left > 0:
+                self._reads_left -= 1
+                data, addr = receive(size)
+                if len(data) >= size:
+                    self._truncated(addr)
+                served += 1
+                try:
+                    datagram_received(data, addr)
+                except Exception:
+                    self.handle_error(data, addr)
+                # The protocol may have stopped the reactor, removed or paused this server.
+                if loop.stopping or loop.signal_pending or self.protocol is not protocol or hosted.paused:
+                    break
+        except BlockingIOError:
+            self._reads_left = DATAGRAMS_PER_WAKEUP
+            raise
+        finally:
+            if served:
+                hosted.requests_taken += served
+                hosted.count("dispatched", served)
+        self._reads_left = DATAGRAMS_PER_WAKEUP
+        raise BlockingIOError(errno.EAGAIN, "served the datagrams waiting")
+
+    def _receive(self) -> tuple[bytes, Any]:
+        size = self.max_packet_size + 1
+        data, addr = self.socket.recvfrom(size) if size <= MAX_READ + 1 else self._receive_into(size)
+        if len(data) >= size:
+            self._truncated(addr)
+        return data, addr
+
+    def _receive_into(self, size: int) -> tuple[bytes, Any]:
+        """One datagram through a buffer kept for the server (a ``max_packet_size`` too large to
+        allocate per read); one longer than ``size - 1`` bytes is dropped."""
         if not HAS_RECVMSG_TRUNC:
-            data, addr = self.socket.recvfrom(self.max_packet_size)
+            data, addr = self.socket.recvfrom(size - 1)  # no way to tell a cut datagram here
             return data, addr
-        buffer = self._buffer
+        buffer = self._into
+        if buffer is None:
+            buffer = self._into = memoryview(bytearray(size - 1))
         nbytes, _, flags, addr = self.socket.recvmsg_into([buffer])
         if flags & _MSG_TRUNC:
-            self.truncated_datagrams += 1
-            self._warnings.warning("truncated", "%s: dropped a datagram from %r larger than max_packet_size=%d "
-                                   "(%d so far)", self.name, addr, self.max_packet_size, self.truncated_datagrams)
-            raise RequestDropped(f"datagram from {addr!r} larger than max_packet_size={self.max_packet_size}")
+            self._truncated(addr)
         return bytes(buffer[:nbytes]), addr
+
+    def _truncated(self, addr: Any) -> None:
+        self.truncated_datagrams += 1
+        self._warnings.warning("truncated", "%s: dropped a datagram from %r larger than max_packet_size=%d "
+                               "(%d so far)", self.name, addr, self.max_packet_size, self.truncated_datagrams)
+        raise RequestDropped(f"datagram from {addr!r} larger than max_packet_size={self.max_packet_size}")
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Every datagram is served."""
