@@ -75,7 +75,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._timers import TimerHandle
-from .accept import HostedServer
+from .accept import Dispatch, HostedServer
 from .protocol import Protocol, Transport
 
 __all__ = [
@@ -481,6 +481,9 @@ class _MessageConnection(Protocol):
         self.discarded = 0
         self.last_activity = self.loop.time()
         self.timer: TimerHandle | None = None
+        #: The strategy runs a job at once, in the loop's thread (Inline): run messages directly,
+        #: without a job object and the hand-back's thread check.
+        self.inline = type(owner.hosted.dispatch).submit_job is Dispatch.submit_job
 
     def __repr__(self) -> str:
         return f"<message connection {self.client_address!r}>"
@@ -530,23 +533,32 @@ class _MessageConnection(Protocol):
             transport.resume_reading()  # what the client still sends is read and dropped
             return
         self.advancing = True
+        buffer = self.buffer
         try:
-            while not (self.in_flight or self.write_paused or self.draining or transport.is_closing()):
-                try:
-                    message = next_message(self.handler, self.buffer)
-                except FrameError as exc:
-                    self.frame_failed(exc)
-                    return
-                except Exception:
-                    self.failed()
-                    return
+            # transport._closing and _reading: is_closing() and is_reading() without the calls.
+            while not (self.in_flight or self.write_paused or self.draining or transport._closing):
+                if not buffer:
+                    message = None  # a message consumes bytes: frame() has nothing to find here
+                else:
+                    try:
+                        message = next_message(self.handler, buffer)
+                    except FrameError as exc:
+                        self.frame_failed(exc)
+                        return
+                    except Exception:
+                        self.failed()
+                        return
                 if message is None:
-                    transport.resume_reading()
+                    if not transport._reading:
+                        transport.resume_reading()
                     return
                 self.in_flight = True
                 hosted.count("messages")
                 hosted.count("dispatched")
-                hosted.dispatch.submit_job(hosted, _MessageJob(self, message))
+                if self.inline:
+                    self.run(message)  # what the strategy's submit_job would do with a job
+                else:
+                    hosted.dispatch.submit_job(hosted, _MessageJob(self, message))
             if self.in_flight or self.write_paused:
                 transport.pause_reading()
         finally:
@@ -563,7 +575,10 @@ class _MessageConnection(Protocol):
         except Exception:
             ok = False
             self.owner.hosted.server.handle_error(self.sock, self.client_address)
-        self.hand_back(ok)
+        if self.inline:
+            self.done(ok)  # in the loop's thread already
+        else:
+            self.hand_back(ok)
 
     def hand_back(self, ok: bool) -> None:
         """Report the message in flight done (from any thread)."""
@@ -583,9 +598,14 @@ class _MessageConnection(Protocol):
         if self.ended:
             self.release()
             return
-        if self.transport.is_closing():
+        transport = self.transport
+        if transport._closing:
             return  # failed or aborted meanwhile: its connection_lost is on the way
-        self.flush_outbox()
+        outbox = self.outbox
+        if outbox:  # flush_outbox(), without the call
+            data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+            outbox.clear()
+            transport.write(data)
         if not ok or self.draining:
             self.transport.close()
         elif not self.advancing:
