@@ -220,15 +220,26 @@ def next_message(handler: MessageRequestHandler, buffer: bytearray) -> Any:
     """
     framed = handler.frame(buffer)
     if framed is None:
-        if len(buffer) > handler.max_buffer:
-            raise FrameError(f"no complete message in {len(buffer)} bytes (max_buffer={handler.max_buffer})")
+        _check_unframed(handler, buffer)
         return None
     message, consumed = framed
     if not 0 < consumed <= len(buffer) or message is None:
-        raise ValueError(f"{type(handler).__name__}.frame() returned ({message!r}, {consumed!r}) for "
-                         f"{len(buffer)} bytes: a message is not None, and consumes some of them")
+        _bad_frame(handler, framed, buffer)
     del buffer[:consumed]
     return message
+
+
+def _check_unframed(handler: MessageRequestHandler, buffer: bytearray) -> None:
+    """Raise FrameError when ``buffer`` holds more than ``max_buffer`` bytes without a message."""
+    if len(buffer) > handler.max_buffer:
+        raise FrameError(f"no complete message in {len(buffer)} bytes (max_buffer={handler.max_buffer})")
+
+
+def _bad_frame(handler: MessageRequestHandler, framed: tuple[Any, int], buffer: bytearray) -> None:
+    """Raise ValueError for what ``frame()`` must not return."""
+    message, consumed = framed
+    raise ValueError(f"{type(handler).__name__}.frame() returned ({message!r}, {consumed!r}) for "
+                     f"{len(buffer)} bytes: a message is not None, and consumes some of them")
 
 
 class LineRequestHandler(MessageRequestHandler):
@@ -257,15 +268,19 @@ class LineRequestHandler(MessageRequestHandler):
 
     def frame(self, buffer: bytearray) -> tuple[bytes, int] | None:
         """The first line of ``buffer``, or None (see the class docstring)."""
+        # Ordered for the common case, a whole line at the start of a search: each step
+        # here is paid once per message.
+        searched = self._searched
+        end = buffer.find(b"\n", searched) if searched else buffer.find(b"\n")
         limit = self.max_line
-        end = buffer.find(b"\n", self._searched, limit)
-        if end < 0:
+        if end < 0 or end >= limit:  # a newline at or past the limit ends a line too long
             self._searched = min(len(buffer), limit)
             if len(buffer) >= limit:
                 raise FrameError(f"line longer than max_line={limit} bytes")
             return None
-        self._searched = 0
-        stop = end - 1 if self.strip_cr and end and buffer[end - 1] == 13 else end
+        if searched:
+            self._searched = 0
+        stop = end - 1 if end and buffer[end - 1] == 13 and self.strip_cr else end
         return bytes(buffer[:stop]), end + 1
 
     def frame_reply(self, data: bytes) -> bytes:
@@ -481,6 +496,8 @@ class _MessageConnection(Protocol):
         self.discarded = 0
         self.last_activity = self.loop.time()
         self.timer: TimerHandle | None = None
+        #: The loop's clock itself: loop.time() without a call around it (twice per message).
+        self.clock = owner.loop._clock
         #: The strategy runs a job at once, in the loop's thread (Inline): run messages directly,
         #: without a job object and the hand-back's thread check.
         self.inline = type(owner.hosted.dispatch).submit_job is Dispatch.submit_job
@@ -502,7 +519,7 @@ class _MessageConnection(Protocol):
                 self.transport.abort()
             return
         self.buffer += data
-        self.last_activity = self.loop.time()
+        self.last_activity = self.clock()
         self.advance()
 
     def eof_received(self) -> bool | None:
@@ -537,11 +554,18 @@ class _MessageConnection(Protocol):
         try:
             # transport._closing and _reading: is_closing() and is_reading() without the calls.
             while not (self.in_flight or self.write_paused or self.draining or transport._closing):
-                if not buffer:
-                    message = None  # a message consumes bytes: frame() has nothing to find here
-                else:
-                    try:
-                        message = next_message(self.handler, buffer)
+                message = None  # an empty buffer: a message consumes bytes, frame() has nothing to find
+                if buffer:
+                    handler = self.handler
+                    try:  # next_message(), without the call
+                        framed = handler.frame(buffer)
+                        if framed is None:
+                            _check_unframed(handler, buffer)
+                        else:
+                            message, consumed = framed
+                            if not 0 < consumed <= len(buffer) or message is None:
+                                _bad_frame(handler, framed, buffer)
+                            del buffer[:consumed]
                     except FrameError as exc:
                         self.frame_failed(exc)
                         return
@@ -556,7 +580,7 @@ class _MessageConnection(Protocol):
                 hosted.count("messages")
                 hosted.count("dispatched")
                 if self.inline:
-                    self.run(message)  # what the strategy's submit_job would do with a job
+                    self.run_inline(message)  # what the strategy's submit_job would do with a job
                 else:
                     hosted.dispatch.submit_job(hosted, _MessageJob(self, message))
             if self.in_flight or self.write_paused:
@@ -575,10 +599,30 @@ class _MessageConnection(Protocol):
         except Exception:
             ok = False
             self.owner.hosted.server.handle_error(self.sock, self.client_address)
-        if self.inline:
-            self.done(ok)  # in the loop's thread already
-        else:
-            self.hand_back(ok)
+        self.hand_back(ok)
+
+    def run_inline(self, message: Any) -> None:
+        """``run()`` for a strategy that runs messages at once in the loop's thread (Inline): the
+        returned reply goes through ``frame_reply`` to ``done()`` directly, not through ``write()``
+        and the outbox, and there is no hand-back."""
+        handler = self.handler
+        ok = True
+        framed = None
+        try:
+            reply = handler.handle_message(message)
+            if reply is not None:
+                framed = handler.frame_reply(reply if type(reply) is bytes else bytes(reply))
+        except Exception:
+            ok = False
+            self.owner.hosted.server.handle_error(self.sock, self.client_address)
+        transport = self.transport
+        if framed is not None and ok and not (self.outbox or self.ended or self.draining or transport._closing):
+            # done() in its common case, without the call: one reply and nothing else to do.
+            self.in_flight = False
+            self.last_activity = self.clock()
+            transport.write(framed)
+            return
+        self.done(ok, framed)
 
     def hand_back(self, ok: bool) -> None:
         """Report the message in flight done (from any thread)."""
@@ -591,10 +635,11 @@ class _MessageConnection(Protocol):
             self.in_flight = False
             self.release()
 
-    def done(self, ok: bool) -> None:
-        """The message in flight is answered: send its replies, then the next message (loop thread)."""
+    def done(self, ok: bool, framed: bytes | None = None) -> None:
+        """The message in flight is answered: send its replies (``framed``, from ``run_inline``,
+        after the outbox's), then the next message (loop thread)."""
         self.in_flight = False
-        self.last_activity = self.loop.time()
+        self.last_activity = self.clock()
         if self.ended:
             self.release()
             return
@@ -603,9 +648,13 @@ class _MessageConnection(Protocol):
             return  # failed or aborted meanwhile: its connection_lost is on the way
         outbox = self.outbox
         if outbox:  # flush_outbox(), without the call
+            if framed is not None:
+                outbox.append(framed)
             data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
             outbox.clear()
             transport.write(data)
+        elif framed is not None:
+            transport.write(framed)
         if not ok or self.draining:
             self.transport.close()
         elif not self.advancing:

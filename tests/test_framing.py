@@ -98,7 +98,7 @@ class SpyBuffer(bytearray):
         self.starts: list[int] = []
 
     def find(self, sub: Any, start: Any = None, end: Any = None) -> int:
-        self.starts.append(start)
+        self.starts.append(0 if start is None else start)  # no start: from the beginning
         return super().find(sub, start, end)
 
 
