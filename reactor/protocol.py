@@ -735,6 +735,7 @@ class DatagramTransport:
 
     def __init__(self, server: DatagramServer) -> None:
         self._server = server
+        self._sock = server.socket
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._queued_bytes = 0
         self._closing = False
@@ -743,20 +744,28 @@ class DatagramTransport:
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         """Send one datagram to ``addr`` (required: the endpoint is not connected)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if self._closing:
+        # The common case (bytes, nothing queued) goes straight to the socket.
+        if not (type(data) is bytes and not (self._queue or self._closing)):
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+            if self._closing:
+                return
+            if self._queue:
+                self._enqueue(data, addr)
+                return
+        try:
+            self._sock.sendto(data, addr)
             return
+        except (BlockingIOError, InterruptedError):
+            self._server._watch_writable(True)
+        except OSError as exc:
+            self._server._error_received(exc)
+            return
+        self._enqueue(data, addr)
+
+    def _enqueue(self, data: bytes | bytearray | memoryview, addr: Any) -> None:
+        """Queue a datagram the socket did not take, or drop it when the queue is full."""
         server = self._server
-        if not self._queue:
-            try:
-                server.socket.sendto(data, addr)
-                return
-            except (BlockingIOError, InterruptedError):
-                server._watch_writable(True)
-            except OSError as exc:
-                server._error_received(exc)
-                return
         if len(self._queue) >= MAX_QUEUED_DATAGRAMS:
             self.dropped += 1
             server._error_received(BlockingIOError(errno.ENOBUFS, f"send queue full: dropped a datagram to {addr!r}"))
@@ -878,8 +887,9 @@ class DatagramServer(_BoundSocket):
                     datagram_received(data, addr)
                 except Exception:
                     self.handle_error(data, addr)
-                # The protocol may have stopped the reactor, removed or paused this server.
-                if loop.stopping or loop.signal_pending or self.protocol is not protocol or hosted.paused:
+                # The protocol may have stopped the reactor, removed or paused this server. (The
+                # loop's own fields: its stopping and signal_pending properties, without the calls.)
+                if loop._stopping or loop._pending_signals or self.protocol is not protocol or hosted.paused:
                     break
         except BlockingIOError:
             self._reads_left = DATAGRAMS_PER_WAKEUP
