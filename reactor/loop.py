@@ -7,7 +7,10 @@ readers and writers added by its users (a hosted server's listener, a pipe, a
 socket of the embedding application) and a waker socketpair that other
 threads and signal handlers write to. Each wait is bounded by the nearest
 timer. Everything the loop does happens in one *tick*, ``run_once()``: wait,
-then dispatch what became ready.
+then dispatch what became ready. Unless a selector is injected, on Linux the
+loop polls an epoll object of its own, with its own map from descriptor to
+(reader, writer), instead of going through ``selectors``: the same behaviour,
+without a key or a tuple built per event.
 
 This module knows nothing of servers. ``reactor.hosting.Reactor`` builds
 server hosting on top of it, through the public API alone: watching
