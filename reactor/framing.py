@@ -501,6 +501,9 @@ class _MessageConnection(Protocol):
         #: The strategy runs a job at once, in the loop's thread (Inline): run messages directly,
         #: without a job object and the hand-back's thread check.
         self.inline = type(owner.hosted.dispatch).submit_job is Dispatch.submit_job
+        #: Inline, and lines framed by LineRequestHandler's own frame(): a chunk that is exactly
+        #: one line, arriving with nothing buffered, is answered without the buffer (data_received).
+        self.whole_lines = self.inline and type(handler).frame is LineRequestHandler.frame
 
     def __repr__(self) -> str:
         return f"<message connection {self.client_address!r}>"
@@ -518,8 +521,28 @@ class _MessageConnection(Protocol):
             if self.discarded > self.handler.max_buffer:
                 self.transport.abort()
             return
-        self.buffer += data
         self.last_activity = self.clock()
+        if self.whole_lines and not self.buffer:
+            # Request/reply's common case: the chunk is one whole line. What advance() and
+            # LineRequestHandler.frame() would do, without copying it into the buffer and out.
+            end = len(data) - 1
+            handler: Any = self.handler
+            if data[end] == 10 and end < handler.max_line and data.find(b"\n") == end \
+                    and not (self.in_flight or self.write_paused or self.draining or self.transport._closing):
+                message = data[:end - 1] if end and data[end - 1] == 13 and handler.strip_cr else data[:end]
+                self.in_flight = True
+                hosted = self.owner.hosted
+                hosted.count("messages")
+                hosted.count("dispatched")
+                self.advancing = True
+                try:
+                    self.run_inline(message)
+                finally:
+                    self.advancing = False
+                if self.write_paused or self.draining or not self.transport._reading:
+                    self.advance()  # whatever the message changed: advance() knows each case
+                return
+        self.buffer += data
         self.advance()
 
     def eof_received(self) -> bool | None:
