@@ -76,6 +76,7 @@ struct config {
     long concurrency;
     double duration, warmup, timeout, hold;
     long message_size;
+    bool line;             /* the request's last byte is a newline */
     long source_spread;
     const char *path;      /* http: the request target */
     long requests;         /* http: requests to send in all, 0 for no bound */
@@ -207,7 +208,7 @@ static const char *errno_name(int err, char buf[16])
 
 static const char usage[] =
     "usage: loadgen --mode crr|rr|dgram|idle|http --transport tcp|unix|udp|unixdgram --address ADDR\n"
-    "               [--concurrency N] [--duration S] [--warmup S] [--message-size B]\n"
+    "               [--concurrency N] [--duration S] [--warmup S] [--message-size B] [--line]\n"
     "               [--source-spread K] [--timeout S] [--hold S]\n"
     "               [--path /P] [--requests N] [--probe-interval S]\n";
 
@@ -258,7 +259,7 @@ static void parse_args(int argc, char **argv, struct config *c)
 {
     enum { O_MODE, O_TRANSPORT, O_ADDRESS, O_CONCURRENCY, O_DURATION, O_WARMUP,
            O_MESSAGE_SIZE, O_SOURCE_SPREAD, O_TIMEOUT, O_HOLD, O_TARGET_PATH, O_REQUESTS, O_PROBE_INTERVAL,
-           O_HELP };
+           O_LINE, O_HELP };
     static const struct option options[] = {
         {"mode", required_argument, NULL, O_MODE},
         {"transport", required_argument, NULL, O_TRANSPORT},
@@ -273,6 +274,7 @@ static void parse_args(int argc, char **argv, struct config *c)
         {"path", required_argument, NULL, O_TARGET_PATH},
         {"requests", required_argument, NULL, O_REQUESTS},
         {"probe-interval", required_argument, NULL, O_PROBE_INTERVAL},
+        {"line", no_argument, NULL, O_LINE},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -298,6 +300,7 @@ static void parse_args(int argc, char **argv, struct config *c)
         case O_TARGET_PATH: c->path = optarg; break;
         case O_REQUESTS: c->requests = parse_long(name, optarg, 0, 1000000000L); break;
         case O_PROBE_INTERVAL: c->probe_interval = parse_seconds(name, optarg, true); break;
+        case O_LINE: c->line = true; break;
         case O_HELP: fputs(usage, stdout); exit(0);
         default: bad_usage("bad or incomplete option '%s'", argv[optind - 1]);
         }
@@ -1304,11 +1307,13 @@ static char *make_http_request(const char *path, size_t *len)
     return request;
 }
 
-static char *make_request(size_t size)
+static char *make_request(size_t size, bool line)
 {
     char *request = xmalloc(size);
     memset(request, '.', size);
     memcpy(request, GREETING, size < strlen(GREETING) ? size : strlen(GREETING));
+    if (line) /* the same size: a line server's reply (the line, then a newline) is the same bytes */
+        request[size - 1] = '\n';
     return request;
 }
 
@@ -1335,7 +1340,7 @@ static void init_run(struct run *r, const struct config *c)
         r->scratch = xmalloc(BODY_CHUNK);
     } else {
         r->request_len = message_size(r);
-        r->request = make_request(r->request_len);
+        r->request = make_request(r->request_len, c->line);
         r->scratch = xmalloc(message_size(r) + 1);
     }
     /* Scan at least once per --timeout, but not more often than epoll_wait's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
-from servers import CONTENDERS, STREAM_TRANSPORTS, Contender
+from servers import CONTENDERS, LINE_CONTENDERS, MESSAGE_MODE_CONTENDERS, STREAM_TRANSPORTS, Contender
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class Workload:
             "none": "no load",
         }[self.mode]
         extra = ", ~1 ms of CPU per request" if self.handler == "cpu" else ""
+        if self.handler == "lines":
+            extra = ", each request a line, answered by a framed LineRequestHandler"
         if self.idle:
             extra = f", beside {self.idle:,} idle connections (each served once), in one server process"
         if self.mode == "http":
@@ -111,6 +113,9 @@ FULL = [
     Workload("shutdown-idle", "shutdown", "none", "tcp", 1),
     Workload("shutdown-load", "shutdown", "crr", "tcp", 50),
     Workload("memory", "memory", "idle", "tcp", 1000),
+    # Issue 11: framed messages, the same request/reply as rr-tcp-c50 but each request a line
+    # (the load generator's --line) and the echo a LineRequestHandler (servers.py's "lines").
+    Workload("lines", "throughput", "rr", "tcp", 50, handler="lines"),
     # Issue 11: 50 active connections beside 10,000 idle ones, and what each idle one costs.
     Workload("idle-load", "idle-load", "rr", "tcp", 50, idle=IDLE_CONNECTIONS),
     # ab -k -c 200 -n 12000: 60 requests per connection on average; about 3.5 s for the stdlib's
@@ -145,11 +150,15 @@ def why_not(contender: Contender, workload: Workload, server_cpus: int,
         return "no HTTP server in this contender"
     if workload.transport not in contender.transports:
         return f"no {workload.transport} server in this contender"
+    if workload.handler == "lines" and contender.name not in LINE_CONTENDERS:
+        return "no framed message handler (socketserver's) in this contender"
     if workload.mode == "dgram" and workload.transport in STREAM_TRANSPORTS:
         return "stream transport"
     if workload.persistent:
         connections = workload.connections
         capacity = contender.capacity(connections, server_cpus)
+        if workload.handler == "lines" and contender.name in MESSAGE_MODE_CONTENDERS:
+            capacity = connections  # message mode: between messages a connection holds no handler
         if capacity < connections:
             return (f"serves {capacity} connection{'s' if capacity > 1 else ''} at a time; "
                     f"the other {connections - capacity} would starve")

@@ -96,6 +96,7 @@ class Config:
     path: str = "/"
     requests: int = 0
     probe_interval: float = 0.0
+    line: bool = False
 
 
 def int_range(minimum: int, maximum: int) -> Callable[[str], int]:
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=seconds(zero_ok=True), default=2.0)
     parser.add_argument("--warmup", type=seconds(zero_ok=True), default=0.5)
     parser.add_argument("--message-size", type=int_range(1, MAX_MESSAGE_SIZE), default=12)
+    parser.add_argument("--line", action="store_true", help="the request's last byte is a newline")
     # 127.0.0.(1 + n % K) must stay a valid address: K <= 255.
     parser.add_argument("--source-spread", type=int_range(0, 255), default=0)
     parser.add_argument("--timeout", type=seconds(zero_ok=False), default=2.0)
@@ -200,16 +202,18 @@ def parse_args(argv: Sequence[str] | None) -> Config:
         concurrency=args.concurrency, duration=args.duration, warmup=args.warmup,
         message_size=args.message_size, source_spread=args.source_spread,
         timeout=args.timeout, hold=args.hold, path=path, requests=args.requests,
-        probe_interval=args.probe_interval,
+        probe_interval=args.probe_interval, line=args.line,
     )
 
 
 # ---------------------------------------------------------------- counting
 
 
-def make_request(size: int) -> bytes:
-    """``size`` bytes: ``Hello, world`` padded with dots (cut short if ``size`` < 12)."""
-    return b"Hello, world".ljust(size, b".")[:size]
+def make_request(size: int, line: bool = False) -> bytes:
+    """``size`` bytes: ``Hello, world`` padded with dots (cut short if ``size`` < 12), the last
+    one a newline when ``line`` is true."""
+    request = b"Hello, world".ljust(size, b".")[:size]
+    return request[:-1] + b"\n" if line else request
 
 
 def errno_name(code: int | None) -> str:
@@ -318,7 +322,7 @@ class Client(abc.ABC):
     def __init__(self, config: Config, stats: Stats) -> None:
         self.config = config
         self.stats = stats
-        self.request = make_request(config.message_size)
+        self.request = make_request(config.message_size, config.line)
         self.timeout_ns = round(config.timeout * NS_PER_S)
         self.selector = selectors.DefaultSelector()
         self.conns: set[Conn] = set()

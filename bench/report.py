@@ -221,6 +221,8 @@ TARGETS = [
     Target("rr-tcp-c1000", "reactor-protocol", C_REFERENCE, 0.85,
            "request/reply, 1,000 connections, one thread: Protocol / C server"),
     Target("dgram-udp-c50", "reactor-protocol", C_REFERENCE, 0.6, "UDP echo: DatagramProtocol / C server"),
+    Target("lines-tcp-c50", "reactor-inline", C_REFERENCE, 0.8,
+           "framed line echo, 50 connections: LineRequestHandler on Inline / C server"),
 ]
 #: Issue 11's idle-load targets, judged for this contender: the active connections keep this share
 #: of their throughput beside the idle ones, and an idle connection costs at most this much PSS.

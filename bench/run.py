@@ -148,6 +148,9 @@ class Session:
         ]
         if hold is not None:
             command += ["--hold", f"{hold:g}"]
+        # Line servers frame on the newline; the reference, which echoes bytes, is sent the same.
+        if workload.handler == "lines":
+            command += ["--line"]
         # Short connections, and the idle-load cell's 10,000 connections opened and closed again
         # each pair (the client closes first: its TIME_WAIT ports would otherwise run out).
         if workload.transport == "tcp" and (mode == "crr" or workload.kind == "idle-load"):

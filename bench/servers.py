@@ -15,6 +15,15 @@ echoes each chunk it reads until EOF; a datagram is replied to its sender.
 The ``cpu`` handler burns about 1 ms of its thread's CPU before each reply.
 Every listener has a backlog of 1024.
 
+The ``lines`` handler (stream transports, the socketserver-shaped contenders:
+``LINE_CONTENDERS``) is instead a framed message handler,
+``reactor.socketserver.LineRequestHandler``, whose ``handle_message`` returns
+each line: the reply is the line and its newline, the bytes of the request
+(the load generator's ``--line``). Reactor's strategies serve it in message
+mode (the loop frames, a connection costs no thread between messages), the
+stdlib's servers in blocking mode (its ``handle()``, a thread or process per
+connection as usual).
+
 The event-driven contenders serve every connection from one thread's loop,
 with the echo written as a ``Protocol`` (``data_received`` writes the chunk
 back): reactor's (``Reactor.create_server``; a ``DatagramProtocol`` on the
@@ -54,7 +63,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import reactor  # noqa: E402
-from reactor import Prefork, ThreadPool, Topology  # noqa: E402
+from reactor import Inline, Prefork, ThreadPool, Topology  # noqa: E402
 from reactor import socketserver as rx  # noqa: E402
 from reactor.dispatch import Dispatch  # noqa: E402
 
@@ -105,6 +114,13 @@ def make_handlers(burn: bool) -> tuple[type[std.BaseRequestHandler], type[std.Ba
             sock.sendto(data, self.client_address)
 
     return StreamEcho, DatagramEcho
+
+
+class LineEcho(rx.LineRequestHandler):
+    """The echo as framed messages: each line back, as a line."""
+
+    def handle_message(self, message: bytes) -> bytes:
+        return message
 
 
 # -- contenders -----------------------------------------------------------------
@@ -197,6 +213,12 @@ CONTENDERS: dict[str, Contender] = {c.name: c for c in [
               event_driven=True),
 ]}
 
+#: The contenders that serve the ``lines`` handler (see the module docstring), and of them those
+#: that serve it in message mode, where a connection costs no handler between messages.
+LINE_CONTENDERS = frozenset({"stdlib-inline", "stdlib-threading", "stdlib-forking", "reactor-inline",
+                             "reactor-threadpool", "reactor-prefork", "reactor-prefork-threads"})
+MESSAGE_MODE_CONTENDERS = frozenset(name for name in LINE_CONTENDERS if name.startswith("reactor-"))
+
 _STDLIB_BASE = {"tcp": "TCPServer", "udp": "UDPServer", "unix": "UnixStreamServer", "unixdgram": "UnixDatagramServer"}
 
 
@@ -274,13 +296,19 @@ def _reactor_dispatch(contender: str, concurrency: int) -> Dispatch | Topology |
     return Prefork(prefork_workers(), threads=threads, graceful_timeout=5, handle_signals=False)
 
 
-def build_socketserver(contender: str, transport: str, address: Any, burn: bool, concurrency: int) -> Any:
-    """A bound stdlib or reactor server for the contender."""
+def build_socketserver(contender: str, transport: str, address: Any, burn: bool, concurrency: int,
+                       lines: bool = False) -> Any:
+    """A bound stdlib or reactor server for the contender (``lines``: the line handler)."""
     stream_handler, dgram_handler = make_handlers(burn)
-    handler = stream_handler if transport in STREAM_TRANSPORTS else dgram_handler
+    handler: type[std.BaseRequestHandler] = stream_handler if transport in STREAM_TRANSPORTS else dgram_handler
+    if lines:
+        handler = LineEcho
     if contender.startswith("reactor-"):
         cls = _socketserver_class(rx, contender, transport)
-        server = cls(address, handler, dispatch=_reactor_dispatch(contender, concurrency))
+        dispatch = _reactor_dispatch(contender, concurrency)
+        if lines and dispatch is None:
+            dispatch = Inline()  # dispatch=None would keep the stdlib's blocking handler call: no message mode
+        server = cls(address, handler, dispatch=dispatch)
     else:
         cls = _socketserver_class(std, contender, transport)
         server = cls(address, handler)
@@ -694,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contender", required=True, choices=sorted(CONTENDERS))
     parser.add_argument("--transport", required=True, choices=TRANSPORTS)
     parser.add_argument("--address", required=True)
-    parser.add_argument("--handler", choices=("echo", "cpu", "http"), default="echo")
+    parser.add_argument("--handler", choices=("echo", "cpu", "http", "lines"), default="echo")
     parser.add_argument("--docroot", help="http: the directory served")
     parser.add_argument("--concurrency", type=int, default=1, help="sizes pools for persistent connections")
     args = parser.parse_args(argv)
@@ -709,6 +737,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--handler http takes --transport tcp, --docroot and a contender with an HTTP server: "
                          + ", ".join(name for name, c in CONTENDERS.items() if c.http))
         server = build_http_server(args.contender, address, args.docroot)
+        serve_socketserver(server, args.transport, prefork=args.contender.startswith("reactor-prefork"))
+    elif args.handler == "lines":
+        if args.contender not in LINE_CONTENDERS or args.transport not in STREAM_TRANSPORTS:
+            parser.error("--handler lines takes a stream transport and one of " + ", ".join(sorted(LINE_CONTENDERS)))
+        server = build_socketserver(args.contender, args.transport, address, False, args.concurrency, lines=True)
         serve_socketserver(server, args.transport, prefork=args.contender.startswith("reactor-prefork"))
     elif args.contender in ("asyncio", "uvloop"):
         serve_asyncio(args.transport, address, burn, use_uvloop=args.contender == "uvloop")

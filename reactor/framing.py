@@ -75,7 +75,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._timers import TimerHandle
-from .accept import HostedServer
+from .accept import Dispatch, HostedServer
 from .protocol import Protocol, Transport
 
 __all__ = [
@@ -220,15 +220,26 @@ def next_message(handler: MessageRequestHandler, buffer: bytearray) -> Any:
     """
     framed = handler.frame(buffer)
     if framed is None:
-        if len(buffer) > handler.max_buffer:
-            raise FrameError(f"no complete message in {len(buffer)} bytes (max_buffer={handler.max_buffer})")
+        _check_unframed(handler, buffer)
         return None
     message, consumed = framed
     if not 0 < consumed <= len(buffer) or message is None:
-        raise ValueError(f"{type(handler).__name__}.frame() returned ({message!r}, {consumed!r}) for "
-                         f"{len(buffer)} bytes: a message is not None, and consumes some of them")
+        _bad_frame(handler, framed, buffer)
     del buffer[:consumed]
     return message
+
+
+def _check_unframed(handler: MessageRequestHandler, buffer: bytearray) -> None:
+    """Raise FrameError when ``buffer`` holds more than ``max_buffer`` bytes without a message."""
+    if len(buffer) > handler.max_buffer:
+        raise FrameError(f"no complete message in {len(buffer)} bytes (max_buffer={handler.max_buffer})")
+
+
+def _bad_frame(handler: MessageRequestHandler, framed: tuple[Any, int], buffer: bytearray) -> None:
+    """Raise ValueError for what ``frame()`` must not return."""
+    message, consumed = framed
+    raise ValueError(f"{type(handler).__name__}.frame() returned ({message!r}, {consumed!r}) for "
+                     f"{len(buffer)} bytes: a message is not None, and consumes some of them")
 
 
 class LineRequestHandler(MessageRequestHandler):
@@ -257,15 +268,19 @@ class LineRequestHandler(MessageRequestHandler):
 
     def frame(self, buffer: bytearray) -> tuple[bytes, int] | None:
         """The first line of ``buffer``, or None (see the class docstring)."""
+        # Ordered for the common case, a whole line at the start of a search: each step
+        # here is paid once per message.
+        searched = self._searched
+        end = buffer.find(b"\n", searched) if searched else buffer.find(b"\n")
         limit = self.max_line
-        end = buffer.find(b"\n", self._searched, limit)
-        if end < 0:
+        if end < 0 or end >= limit:  # a newline at or past the limit ends a line too long
             self._searched = min(len(buffer), limit)
             if len(buffer) >= limit:
                 raise FrameError(f"line longer than max_line={limit} bytes")
             return None
-        self._searched = 0
-        stop = end - 1 if self.strip_cr and end and buffer[end - 1] == 13 else end
+        if searched:
+            self._searched = 0
+        stop = end - 1 if end and buffer[end - 1] == 13 and self.strip_cr else end
         return bytes(buffer[:stop]), end + 1
 
     def frame_reply(self, data: bytes) -> bytes:
@@ -481,6 +496,14 @@ class _MessageConnection(Protocol):
         self.discarded = 0
         self.last_activity = self.loop.time()
         self.timer: TimerHandle | None = None
+        #: The loop's clock itself: loop.time() without a call around it (twice per message).
+        self.clock = owner.loop._clock
+        #: The strategy runs a job at once, in the loop's thread (Inline): run messages directly,
+        #: without a job object and the hand-back's thread check.
+        self.inline = type(owner.hosted.dispatch).submit_job is Dispatch.submit_job
+        #: Inline, and lines framed by LineRequestHandler's own frame(): a chunk that is exactly
+        #: one line, arriving with nothing buffered, is answered without the buffer (data_received).
+        self.whole_lines = self.inline and type(handler).frame is LineRequestHandler.frame
 
     def __repr__(self) -> str:
         return f"<message connection {self.client_address!r}>"
@@ -498,8 +521,28 @@ class _MessageConnection(Protocol):
             if self.discarded > self.handler.max_buffer:
                 self.transport.abort()
             return
+        self.last_activity = self.clock()
+        if self.whole_lines and not self.buffer:
+            # Request/reply's common case: the chunk is one whole line. What advance() and
+            # LineRequestHandler.frame() would do, without copying it into the buffer and out.
+            end = len(data) - 1
+            handler: Any = self.handler
+            if data[end] == 10 and end < handler.max_line and data.find(b"\n") == end \
+                    and not (self.in_flight or self.write_paused or self.draining or self.transport._closing):
+                message = data[:end - 1] if end and data[end - 1] == 13 and handler.strip_cr else data[:end]
+                self.in_flight = True
+                hosted = self.owner.hosted
+                hosted.count("messages")
+                hosted.count("dispatched")
+                self.advancing = True
+                try:
+                    self.run_inline(message)
+                finally:
+                    self.advancing = False
+                if self.write_paused or self.draining or not self.transport._reading:
+                    self.advance()  # whatever the message changed: advance() knows each case
+                return
         self.buffer += data
-        self.last_activity = self.loop.time()
         self.advance()
 
     def eof_received(self) -> bool | None:
@@ -530,23 +573,39 @@ class _MessageConnection(Protocol):
             transport.resume_reading()  # what the client still sends is read and dropped
             return
         self.advancing = True
+        buffer = self.buffer
         try:
-            while not (self.in_flight or self.write_paused or self.draining or transport.is_closing()):
-                try:
-                    message = next_message(self.handler, self.buffer)
-                except FrameError as exc:
-                    self.frame_failed(exc)
-                    return
-                except Exception:
-                    self.failed()
-                    return
+            # transport._closing and _reading: is_closing() and is_reading() without the calls.
+            while not (self.in_flight or self.write_paused or self.draining or transport._closing):
+                message = None  # an empty buffer: a message consumes bytes, frame() has nothing to find
+                if buffer:
+                    handler = self.handler
+                    try:  # next_message(), without the call
+                        framed = handler.frame(buffer)
+                        if framed is None:
+                            _check_unframed(handler, buffer)
+                        else:
+                            message, consumed = framed
+                            if not 0 < consumed <= len(buffer) or message is None:
+                                _bad_frame(handler, framed, buffer)
+                            del buffer[:consumed]
+                    except FrameError as exc:
+                        self.frame_failed(exc)
+                        return
+                    except Exception:
+                        self.failed()
+                        return
                 if message is None:
-                    transport.resume_reading()
+                    if not transport._reading:
+                        transport.resume_reading()
                     return
                 self.in_flight = True
                 hosted.count("messages")
                 hosted.count("dispatched")
-                hosted.dispatch.submit_job(hosted, _MessageJob(self, message))
+                if self.inline:
+                    self.run_inline(message)  # what the strategy's submit_job would do with a job
+                else:
+                    hosted.dispatch.submit_job(hosted, _MessageJob(self, message))
             if self.in_flight or self.write_paused:
                 transport.pause_reading()
         finally:
@@ -565,6 +624,29 @@ class _MessageConnection(Protocol):
             self.owner.hosted.server.handle_error(self.sock, self.client_address)
         self.hand_back(ok)
 
+    def run_inline(self, message: Any) -> None:
+        """``run()`` for a strategy that runs messages at once in the loop's thread (Inline): the
+        returned reply goes through ``frame_reply`` to ``done()`` directly, not through ``write()``
+        and the outbox, and there is no hand-back."""
+        handler = self.handler
+        ok = True
+        framed = None
+        try:
+            reply = handler.handle_message(message)
+            if reply is not None:
+                framed = handler.frame_reply(reply if type(reply) is bytes else bytes(reply))
+        except Exception:
+            ok = False
+            self.owner.hosted.server.handle_error(self.sock, self.client_address)
+        transport = self.transport
+        if framed is not None and ok and not (self.outbox or self.ended or self.draining or transport._closing):
+            # done() in its common case, without the call: one reply and nothing else to do.
+            self.in_flight = False
+            self.last_activity = self.clock()
+            transport.write(framed)
+            return
+        self.done(ok, framed)
+
     def hand_back(self, ok: bool) -> None:
         """Report the message in flight done (from any thread)."""
         if self.loop.in_loop():
@@ -576,16 +658,26 @@ class _MessageConnection(Protocol):
             self.in_flight = False
             self.release()
 
-    def done(self, ok: bool) -> None:
-        """The message in flight is answered: send its replies, then the next message (loop thread)."""
+    def done(self, ok: bool, framed: bytes | None = None) -> None:
+        """The message in flight is answered: send its replies (``framed``, from ``run_inline``,
+        after the outbox's), then the next message (loop thread)."""
         self.in_flight = False
-        self.last_activity = self.loop.time()
+        self.last_activity = self.clock()
         if self.ended:
             self.release()
             return
-        if self.transport.is_closing():
+        transport = self.transport
+        if transport._closing:
             return  # failed or aborted meanwhile: its connection_lost is on the way
-        self.flush_outbox()
+        outbox = self.outbox
+        if outbox:  # flush_outbox(), without the call
+            if framed is not None:
+                outbox.append(framed)
+            data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+            outbox.clear()
+            transport.write(data)
+        elif framed is not None:
+            transport.write(framed)
         if not ok or self.draining:
             self.transport.close()
         elif not self.advancing:

@@ -1,6 +1,6 @@
 """The bench's event-driven cells (issue 11): the Protocol contenders and the pure-Python epoll
-echo loop serve what they claim, the 1,000-connection and idle-load workloads run end to end, and
-the report judges their targets as documented.
+echo loop serve what they claim, the 1,000-connection, idle-load and framed line echo workloads
+run end to end, and the report judges their targets as documented.
 
 Every contender also goes through ``test_bench.py``'s echo-on-every-transport test. No speed is
 asserted here.
@@ -211,6 +211,65 @@ def test_the_event_driven_workloads_run_end_to_end_with_the_python_fallback(tmp_
     # The idle-load targets are judged on any run; the ratios to the C server only against the C server.
     assert "beside 100 idle ones" in markdown and "memory per idle connection (PSS)" in markdown
     assert "Protocol / C server" not in markdown
+
+
+# -- framed line echo (the lines workload) ---------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("contender", ["reactor-inline", "reactor-threadpool", "stdlib-threading"])
+def test_the_lines_handler_answers_each_line_and_waits_for_a_whole_one(contender: str) -> None:
+    with running(contender, "tcp", "127.0.0.1:0", handler="lines") as (bound, _), connect("tcp", bound) as sock:
+        sock.sendall(b"Hello, worl\n")
+        assert sock.recv(100) == b"Hello, worl\n"  # the reply is the request's bytes (loadgen --line)
+        sock.sendall(b"one\ntw")  # a line and a part of one
+        assert sock.recv(100) == b"one\n"
+        sock.sendall(b"o\n")
+        assert sock.recv(100) == b"two\n"
+
+
+def test_only_the_socketserver_contenders_serve_lines_and_reactor_s_hold_every_connection() -> None:
+    lines = workload("lines-tcp-c50")
+    assert (lines.kind, lines.mode, lines.handler, lines.concurrency) == ("throughput", "rr", "lines", 50)
+    # Inline holds one blocking handler at a time, but message mode holds no handler between messages.
+    assert plan.why_not(CONTENDERS["reactor-inline"], lines, 1) is None
+    assert plan.why_not(CONTENDERS["reactor-inline"], workload("rr-tcp-c50"), 1) is not None
+    assert plan.why_not(CONTENDERS["stdlib-inline"], lines, 1) is not None  # blocking: one at a time
+    assert plan.why_not(CONTENDERS["stdlib-threading"], lines, 1) is None
+    for name in EVENT_DRIVEN:
+        assert plan.why_not(CONTENDERS[name], lines, 1) == "no framed message handler (socketserver's) in this contender"
+
+
+def test_the_line_mode_of_the_python_load_generator_ends_each_request_with_a_newline() -> None:
+    import pyloadgen
+    assert pyloadgen.make_request(12, line=True) == b"Hello, worl\n"
+    assert pyloadgen.make_request(12) == b"Hello, world"
+    assert pyloadgen.parse_args(["--mode", "rr", "--transport", "tcp", "--address", "127.0.0.1:1", "--line"]).line
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("tools", ["c", "python"])
+def test_the_lines_workload_runs_end_to_end_and_is_judged(tmp_path: Path, tools: str) -> None:
+    build = REPO / "bench" / "build"
+    if tools == "c" and not ((build / "loadgen").exists() and (build / "echo_server").exists()):
+        pytest.skip("the C tools are not built (make bench-tools)")
+    result = subprocess.run([sys.executable, str(BENCH / "run.py"), "--pairs", "1", "--duration", "0.3",
+                             "--warmup", "0.1", "--out", str(tmp_path), "--name", "smoke",
+                             "--tools", str(build if tools == "c" else tmp_path / "no-tools"),
+                             "--workloads", "lines-tcp-c50", "--contenders", "reactor-inline,epoll-echo"],
+                            capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cells = {c["contender"]: c for c in json.loads((tmp_path / "smoke.json").read_text())["cells"]}
+    cell = cells["reactor-inline"]
+    assert cell["status"] == "ok", cell
+    assert cell["reference"] == ("c-reference" if tools == "c" else "asyncio")
+    summary = cell["summary"]
+    assert summary["ops"] > 0 and summary["errors"] == 0 and summary["conns_served"] == 50
+    assert all(p["reference"]["errors"] == 0 for p in cell["pairs"])
+    assert cells["epoll-echo"]["status"] == "n/a"
+    markdown = (tmp_path / "smoke.md").read_text()
+    judged = "framed line echo, 50 connections: LineRequestHandler on Inline / C server"
+    assert (judged in markdown) == (tools == "c")  # ratios to the C server only against the C server
 
 
 # -- figures and targets ------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class SpyBuffer(bytearray):
         self.starts: list[int] = []
 
     def find(self, sub: Any, start: Any = None, end: Any = None) -> int:
-        self.starts.append(start)
+        self.starts.append(0 if start is None else start)  # no start: from the beginning
         return super().find(sub, start, end)
 
 
@@ -460,6 +460,24 @@ def test_an_overlong_line_gets_the_protocols_error_then_a_close(strategy: str) -
         wait_for(lambda: "shutdown_request" in server.events, timeout=CLIENT_TIMEOUT)
         assert reactor.server_stats(server)["frame_errors"] == 1
         assert "handle_error" not in server.events
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_lines_arriving_one_whole_line_a_chunk_are_framed_as_any_others(strategy: str) -> None:
+    # Under Inline a chunk that is exactly one line skips the buffer (a fast path): the same
+    # answers, limits and counts as lines that arrive split or several to a chunk.
+    with hosted(STRATEGIES[strategy]()) as (reactor, server), Client(server) as client:
+        assert client.ask(b"cr\r") == b"CR\n"  # "cr\r\n": the \r is stripped
+        assert client.ask(b"x" * 63) == b"X" * 63 + b"\n"  # 64 bytes with its newline: max_line
+        assert client.ask(b"two") == b"one\n"  # written, then returned: in that order
+        assert client.line() == b"two\n"
+        client.sock.sendall(b"sil")
+        client.sock.sendall(b"ent\nsplit\n")  # no answer, then one for a line split across chunks
+        assert client.line() == b"SPLIT\n"
+        assert client.ask(b"y" * 64) == b"ERROR line longer than max_line=64 bytes\n"
+        assert client.rest() == b""
+        stats = reactor.server_stats(server)
+        assert (stats["messages"], stats["frame_errors"]) == (5, 1)
 
 
 @pytest.mark.parametrize("strategy", [*sorted(STRATEGIES), "blocking"])

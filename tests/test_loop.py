@@ -1,7 +1,8 @@
 """The Reactor core: timers, callbacks, readers and writers, stop/close, hosting many servers.
 
 Everything that touches the selector runs once per selector class that works
-here (``available_selectors()``).
+here (``available_selectors()``), and once more with no selector given: on
+Linux the loop then polls an epoll object of its own instead of ``selectors``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,22 @@ from typing import Any
 import pytest
 
 from reactor import Reactor
+from reactor import loop as reactor_loop
 from reactor import socketserver as rsocketserver
 from reactor.accept import DEFAULT_ACCEPT_BATCH
 from reactor._platform import available_selectors
 from support import ipv6_available, take_snapshot, wait_for
 
-SELECTORS = available_selectors()
+SelectorFactory = Callable[[], "selectors.BaseSelector | None"]
+
+
+def default_selector() -> None:
+    """No selector: the loop's own choice (its own epoll object where there is one)."""
+    return None
+
+
+default_selector.__name__ = "default"
+SELECTORS: tuple[SelectorFactory, ...] = (*available_selectors(), default_selector)
 
 
 # ---------------------------------------------------------------- helpers
@@ -44,12 +55,12 @@ class FakeClock:
 
 
 @pytest.fixture(params=SELECTORS, ids=lambda cls: cls.__name__)
-def selector_class(request: pytest.FixtureRequest) -> type[selectors.BaseSelector]:
+def selector_class(request: pytest.FixtureRequest) -> SelectorFactory:
     return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def reactor(selector_class: type[selectors.BaseSelector]) -> Iterator[Reactor]:
+def reactor(selector_class: SelectorFactory) -> Iterator[Reactor]:
     r = Reactor(selector=selector_class())
     try:
         yield r
@@ -63,7 +74,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def fake_reactor(selector_class: type[selectors.BaseSelector], clock: FakeClock) -> Iterator[Reactor]:
+def fake_reactor(selector_class: SelectorFactory, clock: FakeClock) -> Iterator[Reactor]:
     r = Reactor(selector=selector_class(), clock=clock)
     try:
         yield r
@@ -112,10 +123,13 @@ def run_until(reactor: Reactor, predicate: Callable[[], object], timeout: float 
 
 
 def blocked_in_select(thread: threading.Thread) -> bool:
-    """True while ``thread`` sits inside a ``selectors`` ``select()`` call."""
+    """True while ``thread`` sits inside a ``selectors`` ``select()`` call, or the loop's own epoll wait."""
     frame = sys._current_frames().get(thread.ident or -1)
-    return (frame is not None and frame.f_code.co_name == "select"
-            and frame.f_code.co_filename == selectors.__file__)
+    if frame is None:
+        return False
+    code = frame.f_code
+    return ((code.co_name == "select" and code.co_filename == selectors.__file__)
+            or (code.co_name == "_poll" and code.co_filename == reactor_loop.__file__))
 
 
 class Serving:
@@ -523,6 +537,53 @@ def test_replacing_a_reader_cancels_the_old_callback_queued_in_the_same_tick(
     reactor.remove_reader(b2)
 
 
+def test_a_descriptor_closed_and_reused_in_a_tick_gets_none_of_the_old_ones_events(
+        reactor: Reactor, pair: tuple[socket.socket, socket.socket],
+        pair2: tuple[socket.socket, socket.socket]) -> None:
+    (a1, b1), (a2, b2) = pair, pair2
+    ran: list[str] = []
+    spares: list[socket.socket] = []
+
+    def replace(other: socket.socket) -> None:
+        # As a server does: unwatch, close, and a new connection gets the same number.
+        number = other.fileno()
+        reactor.remove_reader(other)
+        other.close()
+        fresh, spare = socket.socketpair()
+        spares.extend((fresh, spare))
+        if fresh.fileno() != number:
+            os.dup2(fresh.fileno(), number)
+            spares.append(socket.socket(fileno=number))
+        reactor.add_reader(number, ran.append, "reused")  # not readable: only a stale event would run it
+
+    def on_b1() -> None:
+        ran.append("b1")
+        b1.recv(16)
+        replace(b2)
+
+    def on_b2() -> None:
+        ran.append("b2")
+        b2.recv(16)
+        replace(b1)
+
+    reactor.add_reader(b1, on_b1)
+    reactor.add_reader(b2, on_b2)
+    a1.send(b"x")
+    a2.send(b"x")
+    wait_for(lambda: all(_readable_now(s) for s in (b1, b2)))
+    try:
+        reactor.run_once(0)
+        assert ran in (["b1"], ["b2"])
+        reactor.run_once(0)
+        assert len(ran) == 1
+    finally:
+        for sock in (b1, b2, *spares):
+            if sock.fileno() >= 0 and reactor.is_watched(sock):
+                reactor.remove_reader(sock)
+        for sock in spares:
+            sock.close()
+
+
 def test_hosted_server_descriptor_cannot_be_taken_by_readers_or_writers(reactor: Reactor) -> None:
     server = tcp_echo_server(b"srv:")
     reactor.add_server(server)
@@ -806,7 +867,7 @@ def test_system_exit_in_a_callback_propagates_out_of_serve_forever(reactor: Reac
 
 # ---------------------------------------------------------------- close
 
-def test_closed_reactor_refuses_work(selector_class: type[selectors.BaseSelector]) -> None:
+def test_closed_reactor_refuses_work(selector_class: SelectorFactory) -> None:
     reactor = Reactor(selector=selector_class())
     reactor.close()
     assert reactor.closed
@@ -841,14 +902,14 @@ def test_closed_reactor_refuses_work(selector_class: type[selectors.BaseSelector
     reactor.stop()  # harmless
 
 
-def test_close_is_idempotent(selector_class: type[selectors.BaseSelector]) -> None:
+def test_close_is_idempotent(selector_class: SelectorFactory) -> None:
     reactor = Reactor(selector=selector_class())
     reactor.close()
     reactor.close()
     assert reactor.closed
 
 
-def test_close_releases_every_descriptor(selector_class: type[selectors.BaseSelector]) -> None:
+def test_close_releases_every_descriptor(selector_class: SelectorFactory) -> None:
     before = take_snapshot().fds
     reactor = Reactor(selector=selector_class())
     reactor.call_later(10, noop)
@@ -895,7 +956,7 @@ SERVER_FACTORIES: dict[str, Callable[[str], Any]] = {
 
 @pytest.mark.parametrize("kind", SERVER_FACTORIES)
 def test_close_calls_server_close_on_hosted_servers(
-        selector_class: type[selectors.BaseSelector], kind: str, unix_dir: str) -> None:
+        selector_class: SelectorFactory, kind: str, unix_dir: str) -> None:
     server = SERVER_FACTORIES[kind](unix_dir)
     closed: list[bool] = []
     original = server.server_close
@@ -940,7 +1001,7 @@ def test_remove_server_hands_it_back_open_with_its_mode_restored(
         server.server_close()
 
 
-def test_removed_server_is_not_closed_by_close(selector_class: type[selectors.BaseSelector]) -> None:
+def test_removed_server_is_not_closed_by_close(selector_class: SelectorFactory) -> None:
     server = tcp_echo_server()
     try:
         with Reactor(selector=selector_class()) as reactor:
@@ -984,7 +1045,7 @@ def test_remove_unknown_server_raises_key_error(reactor: Reactor) -> None:
         server.server_close()
 
 
-def test_reactor_is_a_context_manager(selector_class: type[selectors.BaseSelector]) -> None:
+def test_reactor_is_a_context_manager(selector_class: SelectorFactory) -> None:
     server = tcp_echo_server()
     with Reactor(selector=selector_class()) as reactor:
         assert isinstance(reactor, Reactor)
@@ -994,7 +1055,7 @@ def test_reactor_is_a_context_manager(selector_class: type[selectors.BaseSelecto
     assert server.socket.fileno() == -1
 
 
-def test_context_manager_closes_on_error(selector_class: type[selectors.BaseSelector]) -> None:
+def test_context_manager_closes_on_error(selector_class: SelectorFactory) -> None:
     with pytest.raises(ZeroDivisionError):
         with Reactor(selector=selector_class()) as reactor:
             raise ZeroDivisionError
@@ -1071,7 +1132,7 @@ def test_many_servers_in_one_reactor_in_one_thread_all_answer(reactor: Reactor, 
     assert {ident for server, *_ in servers for ident in server.threads} == {serving.thread.ident}
 
 
-def test_two_reactors_in_two_threads_serve_independently(selector_class: type[selectors.BaseSelector]) -> None:
+def test_two_reactors_in_two_threads_serve_independently(selector_class: SelectorFactory) -> None:
     gate = threading.Event()
     entered = threading.Event()
 

@@ -1024,6 +1024,83 @@ def test_datagram_send_queue_is_bounded_and_flow_controlled(unix_dir: str) -> No
         assert received > 0
 
 
+def test_datagram_limit_above_one_read_still_drops_what_is_larger(unix_dir: str) -> None:
+    # A max_packet_size above MAX_READ is read through a buffer of the server's (see get_request).
+    from reactor.protocol import MAX_READ
+    limit = MAX_READ + 40_000
+    log: list[tuple[str, Any]] = []
+    reactor = Reactor()
+    server = reactor.create_server(lambda: DatagramEcho(log), os.path.join(unix_dir, "s"), type=socket.SOCK_DGRAM,
+                                   max_packet_size=limit)
+    with reactor_thread(reactor), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.settimeout(CLIENT_TIMEOUT)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * limit)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * limit)
+        client.bind(os.path.join(unix_dir, "c"))
+        client.sendto(b"y" * (limit + 1), server.server_address)  # dropped, never cut
+        client.sendto(b"x" * limit, server.server_address)
+        assert client.recv(2 * limit) == b"x" * limit
+        assert server.truncated_datagrams == 1
+        assert reactor.server_stats(server)["dropped"] == 1
+    server.server_close()
+
+
+class BatchRecorder(DatagramProtocol):
+    """Records each datagram with the tick it arrived in; ``raise`` raises, ``stop`` stops the reactor."""
+
+    def __init__(self, reactor: Reactor, log: list[tuple[int, bytes]]) -> None:
+        self.reactor = reactor
+        self.log = log
+        self.tick = 0
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.log.append((self.tick, data))
+        if data == b"raise":
+            raise ValueError("a datagram_received that raises")
+        if data == b"stop":
+            self.reactor.stop()
+
+
+def test_datagram_server_serves_a_batch_per_wakeup_and_counts_it(caplog: pytest.LogCaptureFixture) -> None:
+    from reactor.protocol import DATAGRAMS_PER_WAKEUP
+    log: list[tuple[int, bytes]] = []
+    reactor = Reactor()
+    protocol = BatchRecorder(reactor, log)
+    server = reactor.create_server(lambda: protocol, ("127.0.0.1", 0), type=socket.SOCK_DGRAM, max_packet_size=100)
+    burst = [b"%d" % i for i in range(DATAGRAMS_PER_WAKEUP + 10)]
+    burst[3], burst[5] = b"raise", b"x" * 101  # a failing callback and a datagram over the limit, mid-batch
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client, caplog.at_level(logging.ERROR):
+            client.bind(("127.0.0.1", 0))
+            for datagram in burst:
+                client.sendto(datagram, server.server_address)
+            client.sendto(b"stop", server.server_address)
+            client.sendto(b"after", server.server_address)
+            served = len(burst) - 1 + 2
+
+            def tick() -> bool:
+                if reactor.stopping:
+                    reactor.serve_forever()  # returns at once, and the reactor takes requests again
+                protocol.tick += 1
+                reactor.run_once(1.0)
+                return len(log) == served
+
+            wait_for(tick, timeout=CLIENT_TIMEOUT, interval=0)
+        wanted = [d for d in burst if len(d) <= 100] + [b"stop", b"after"]
+        assert [data for _, data in log] == wanted  # in order, the one after the failure too
+        per_tick = [sum(1 for t, _ in log if t == n) for n in range(1, protocol.tick + 1)]
+        assert max(per_tick) <= DATAGRAMS_PER_WAKEUP
+        stop_tick = next(t for t, data in log if data == b"stop")
+        assert all(t > stop_tick for t, data in log if data == b"after")  # nothing taken after stop()
+        assert "a datagram_received that raises" in caplog.text
+        assert server.truncated_datagrams == 1
+        stats = reactor.server_stats(server)
+        assert stats["requests"] == served and stats["dispatched"] == served and stats["dropped"] == 1
+    finally:
+        reactor.close()
+        server.server_close()
+
+
 # ------------------------------------------------------------------ Prefork, in a fresh interpreter
 
 PREFORK_SCRIPT = r"""
