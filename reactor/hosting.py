@@ -123,7 +123,8 @@ class Reactor(EventLoop):
     """A single-threaded event loop that hosts socketserver-style servers.
 
     Args:
-        selector: the selector to wait on (default: ``selectors.DefaultSelector()``).
+        selector: the selector to wait on (default: the loop polls epoll itself on Linux,
+            ``selectors.DefaultSelector()`` elsewhere; see ``reactor.loop``).
             The reactor owns it and closes it in ``close()``.
         clock: a monotonic clock in seconds (default: ``time.monotonic``). Timers
             are scheduled on it; tests may inject a fake one.
