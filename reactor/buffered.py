@@ -132,12 +132,13 @@ class _Inbound:
     Memory parts are immutable ``bytes`` read from an offset, so a line costs one copy.
     """
 
-    __slots__ = ("parts", "offset", "size")
+    __slots__ = ("parts", "offset", "size", "spools")
 
     def __init__(self) -> None:
         self.parts: collections.deque[bytes | _Spool] = collections.deque()
         self.offset = 0  # into parts[0], when it is bytes
         self.size = 0
+        self.spools = 0
 
     def append(self, data: bytes | memoryview, *, spool: bool = False) -> None:
         if not data:
@@ -147,16 +148,19 @@ class _Inbound:
             if not isinstance(last, _Spool):
                 last = _Spool()
                 self.parts.append(last)
+                self.spools += 1
             last.write(data)
         else:
             self.parts.append(data if type(data) is bytes else bytes(data))
         self.size += len(data)
 
     def spooled(self) -> bool:
-        return any(isinstance(part, _Spool) for part in self.parts)
+        return self.spools > 0
 
     def memory(self) -> bytes:
         """Every byte held, when all of them are in memory."""
+        if not self.parts:
+            return b""
         parts = [part for part in self.parts if isinstance(part, bytes)]
         if parts:
             parts[0] = parts[0][self.offset:]
@@ -172,6 +176,7 @@ class _Inbound:
                 self.offset = 0
         elif not part.size:
             self.parts.popleft()
+            self.spools -= 1
             part.close()
 
     def read(self, n: int) -> bytes:
@@ -194,6 +199,21 @@ class _Inbound:
     def readline(self, limit: int) -> tuple[bytes, bool]:
         """Bytes up to and including the first newline (at most ``limit`` if ``limit >= 0``),
         and True if the line is whole (ended in newline or reached the limit)."""
+        parts = self.parts
+        if parts:
+            part = parts[0]
+            if type(part) is bytes:  # the usual case: the whole line in the first part
+                start = self.offset
+                end = part.find(b"\n", start) if limit < 0 else part.find(b"\n", start, start + limit)
+                if end >= 0:
+                    stop = end + 1
+                    self.size -= stop - start
+                    if stop >= len(part):
+                        parts.popleft()
+                        self.offset = 0
+                    else:
+                        self.offset = stop
+                    return part[start:stop], True
         chunks = []
         taken = 0
         while self.parts and (limit < 0 or taken < limit):
@@ -231,6 +251,7 @@ class _Inbound:
         self.parts.clear()
         self.offset = 0
         self.size = 0
+        self.spools = 0
 
 
 class _Outbound:
@@ -476,7 +497,7 @@ class BufferedConnection:
             OSError: the connection failed or is closed (``BrokenPipeError``).
         """
         immutable = type(data) is bytes
-        view = memoryview(data).cast("B")  # slices without copying
+        view: bytes | memoryview = data if immutable else memoryview(data).cast("B")  # type: ignore[assignment]
         size = len(view)
         if not size:
             return 0
@@ -490,10 +511,10 @@ class BufferedConnection:
             if not self._flushing:
                 sent = 0
                 try:
-                    while sent < size:
-                        sent += self._send(view[sent:] if sent else view)
-                        if not self.tls:
-                            break  # a partial send: the kernel's buffer is full
+                    if not self.tls:
+                        sent = self.sock.send(view)  # all of it, or what the kernel's buffer takes
+                    while sent < size and self.tls:
+                        sent += self._send(memoryview(view)[sent:] if sent else view)
                 except self._want_io:
                     pass
                 except OSError as exc:
@@ -501,7 +522,7 @@ class BufferedConnection:
                     raise
                 if sent == size:
                     return size
-                view = view[sent:]
+                view = memoryview(view)[sent:]  # the rest, without copying it
                 self._flushing = schedule = True
             # A buffer the handler may reuse must be copied before it waits; bytes need not be.
             self._outbound.append(view if immutable else bytes(view))
@@ -952,7 +973,9 @@ class ConnectionSocket:
         return self._conn.write(data)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        self.send(data, flags)
+        if flags:
+            raise ValueError("a read-ahead connection's sendall() takes no flags")
+        self._conn.write(data)
 
     def write(self, data: Any) -> int:  # ssl.SSLSocket's spelling
         return self._conn.write(data)

@@ -344,6 +344,13 @@ class ReadAhead:
         except RequestRefused as exc:
             self._refuse(reading, exc.status, exc.reason)
             return True
+        if boundary.complete:
+            if not stored:
+                # What one receive brought is in memory already: keeping it there (after
+                # any spooled part of the body) costs nothing more.
+                reading.conn.inbound.append(data)
+                reading.stored += n
+            return False
         if not stored and not self._store(reading, data, n):
             return True
         if boundary.head_complete and not head_before and not boundary.complete:
