@@ -497,7 +497,7 @@ class _MessageConnection(Protocol):
         self.last_activity = self.loop.time()
         self.timer: TimerHandle | None = None
         #: The loop's clock itself: loop.time() without a call around it (twice per message).
-        self.clock = owner.loop._clock
+        self.clock = owner.loop.clock
         #: The strategy runs a job at once, in the loop's thread (Inline): run messages directly,
         #: without a job object and the hand-back's thread check.
         self.inline = type(owner.hosted.dispatch).submit_job is Dispatch.submit_job
@@ -539,7 +539,7 @@ class _MessageConnection(Protocol):
                     self.run_inline(message)
                 finally:
                     self.advancing = False
-                if self.write_paused or self.draining or not self.transport._reading:
+                if self.write_paused or self.draining or not self.transport.is_reading():
                     self.advance()  # whatever the message changed: advance() knows each case
                 return
         self.buffer += data
@@ -575,8 +575,7 @@ class _MessageConnection(Protocol):
         self.advancing = True
         buffer = self.buffer
         try:
-            # transport._closing and _reading: is_closing() and is_reading() without the calls.
-            while not (self.in_flight or self.write_paused or self.draining or transport._closing):
+            while not (self.in_flight or self.write_paused or self.draining or transport.is_closing()):
                 message = None  # an empty buffer: a message consumes bytes, frame() has nothing to find
                 if buffer:
                     handler = self.handler
@@ -596,7 +595,7 @@ class _MessageConnection(Protocol):
                         self.failed()
                         return
                 if message is None:
-                    if not transport._reading:
+                    if not transport.is_reading():
                         transport.resume_reading()
                     return
                 self.in_flight = True

@@ -110,13 +110,42 @@ def _fd_of(fileobj: FileDescriptorLike) -> int:
     return fd
 
 
+def _default_is_epoll() -> bool:
+    """True unless the program (or a test) replaced ``selectors.DefaultSelector``."""
+    default: object = selectors.DefaultSelector
+    return default is getattr(selectors, "EpollSelector", None)
+
+
+class Watch:
+    """The callback of a descriptor's reader or writer; the loop calls it itself on each event.
+
+    Attributes:
+        callback, args: what runs: ``callback(*args)``.
+        cancelled: True once replaced or removed (an event already polled then runs nothing).
+    """
+
+    __slots__ = ("callback", "args", "cancelled")
+
+    def __init__(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the callback from running again."""
+        self.cancelled = True
+
+    def __repr__(self) -> str:
+        return f"<Watch {self.callback!r}{' cancelled' if self.cancelled else ''}>"
+
+
 class EventLoop:
     """A single-threaded event loop: descriptors, timers, signals and a waker.
 
     Args:
         selector: the selector to wait on. The loop owns it and closes it in
-            ``close()``. Default: where the platform has epoll (Linux), the loop
-            polls an epoll object of its own, which behaves as
+            ``close()``. Default: where ``selectors.DefaultSelector`` is epoll
+            (Linux), the loop polls an epoll object of its own, which behaves as
             ``selectors.EpollSelector`` at a fraction of its cost per event;
             elsewhere ``selectors.DefaultSelector()``.
         clock: a monotonic clock in seconds (default: ``time.monotonic``). Timers
@@ -135,17 +164,18 @@ class EventLoop:
         # looks a key up and builds a (key, events) tuple per event, and a new key per modify().
         self._epoll: select.epoll | None = None
         self._selector: selectors.BaseSelector | None = None
-        if selector is None and _epoll is not None:
+        # A DefaultSelector patched by the program (or a test) is honoured.
+        if selector is None and _epoll is not None and _default_is_epoll():
             self._epoll = _epoll()
         else:
             self._selector = selector if selector is not None else selectors.DefaultSelector()
         #: fd -> [reader, writer]: what runs when it is ready (one list per registration, updated
         #: in place, and the selector's key data on the selectors path).
-        self._handlers: dict[int, list[Handle | None]] = {}
+        self._handlers: dict[int, list[Watch | None]] = {}
         #: fd -> its (reader, writer) when the last poll returned, for each descriptor whose
         #: handlers changed since: that poll's events run those, or nothing once they are
         #: cancelled (rule 3), never a replacement, nor whatever reuses a closed one's number.
-        self._polled: dict[int, tuple[Handle | None, Handle | None]] = {}
+        self._polled: dict[int, tuple[Watch | None, Watch | None]] = {}
         self._clock = clock if clock is not None else time.monotonic
         self._timers = TimerHeap()
         self._ready: collections.deque[Handle] = collections.deque()
@@ -231,6 +261,11 @@ class EventLoop:
     def running(self) -> bool:
         """True while ``serve_forever()``, ``run_until()`` or ``run_once()`` runs, in any thread."""
         return self._serving or self._thread_id is not None
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock ``time()`` reads (for a caller that reads it often: one call fewer each time)."""
+        return self._clock
 
     def in_loop(self) -> bool:
         """True when called from inside a tick of this loop: a callback, or a handler run inline."""
@@ -354,11 +389,11 @@ class EventLoop:
         due = len(ready) - earlier
         for _ in range(earlier):
             self._run(ready.popleft())
-        # Handle.run() inlined below: two calls fewer per event. A handle cancelled by an
+        # Each Watch is called inline below: two calls fewer per event. A handle cancelled by an
         # earlier callback of this tick (remove_reader, a replaced reader) never runs.
-        reader: Handle | None
-        writer: Handle | None
-        pair: list[Handle | None] | tuple[Handle | None, Handle | None] | None
+        reader: Watch | None
+        writer: Watch | None
+        pair: list[Watch | None] | tuple[Watch | None, Watch | None] | None
         if epoll is not None:
             handlers = self._handlers
             for fd, mask in fd_events:
@@ -366,40 +401,40 @@ class EventLoop:
                 if pair is None:
                     continue
                 reader, writer = pair
-                if reader is not None and mask & _EPOLL_READABLE and not reader._cancelled:
+                if reader is not None and mask & _EPOLL_READABLE and not reader.cancelled:
                     try:
-                        if reader._args:
-                            reader._callback(*reader._args)
+                        if reader.args:
+                            reader.callback(*reader.args)
                         else:
-                            reader._callback()  # a plain call: cheaper than an empty *args
+                            reader.callback()  # a plain call: cheaper than an empty *args
                     except Exception:
                         logger.exception("reactor callback %r raised", reader)
-                if writer is not None and mask & _EPOLL_WRITABLE and not writer._cancelled:
+                if writer is not None and mask & _EPOLL_WRITABLE and not writer.cancelled:
                     try:
-                        if writer._args:
-                            writer._callback(*writer._args)
+                        if writer.args:
+                            writer.callback(*writer.args)
                         else:
-                            writer._callback()  # a plain call: cheaper than an empty *args
+                            writer.callback()  # a plain call: cheaper than an empty *args
                     except Exception:
                         logger.exception("reactor callback %r raised", writer)
         else:
             for key, mask in key_events:
                 fd = key.fd
                 reader, writer = polled[fd] if polled and fd in polled else key.data
-                if reader is not None and mask & _READ and not reader._cancelled:
+                if reader is not None and mask & _READ and not reader.cancelled:
                     try:
-                        if reader._args:
-                            reader._callback(*reader._args)
+                        if reader.args:
+                            reader.callback(*reader.args)
                         else:
-                            reader._callback()  # a plain call: cheaper than an empty *args
+                            reader.callback()  # a plain call: cheaper than an empty *args
                     except Exception:
                         logger.exception("reactor callback %r raised", reader)
-                if writer is not None and mask & _WRITE and not writer._cancelled:
+                if writer is not None and mask & _WRITE and not writer.cancelled:
                     try:
-                        if writer._args:
-                            writer._callback(*writer._args)
+                        if writer.args:
+                            writer.callback(*writer.args)
                         else:
-                            writer._callback()  # a plain call: cheaper than an empty *args
+                            writer.callback()  # a plain call: cheaper than an empty *args
                     except Exception:
                         logger.exception("reactor callback %r raised", writer)
         for _ in range(due):
@@ -470,7 +505,7 @@ class EventLoop:
         Raises:
             ValueError: ``fd`` is claimed by someone other than ``owner``.
         """
-        self._add_handler(_fd_of(fd), selectors.EVENT_READ, Handle(callback, args), owner)
+        self._add_handler(_fd_of(fd), selectors.EVENT_READ, Watch(callback, args), owner)
 
     def remove_reader(self, fd: FileDescriptorLike, *, owner: object = None) -> bool:
         """Stop watching ``fd`` for reading; True if it was watched.
@@ -487,7 +522,7 @@ class EventLoop:
         Raises:
             ValueError: ``fd`` is claimed by someone other than ``owner``.
         """
-        self._add_handler(_fd_of(fd), selectors.EVENT_WRITE, Handle(callback, args), owner)
+        self._add_handler(_fd_of(fd), selectors.EVENT_WRITE, Watch(callback, args), owner)
 
     def remove_writer(self, fd: FileDescriptorLike, *, owner: object = None) -> bool:
         """Stop watching ``fd`` for writing; True if it was watched.
@@ -543,7 +578,7 @@ class EventLoop:
                 raise ValueError(f"descriptor {fd} is not claimed by {owner!r}")
             raise ValueError(f"descriptor {fd} belongs to {claimant!r}")
 
-    def _add_handler(self, fd: int, event: int, handle: Handle, owner: object) -> None:
+    def _add_handler(self, fd: int, event: int, handle: Watch, owner: object) -> None:
         if self._closed:
             raise RuntimeError("reactor is closed")
         self._check_claim(fd, owner)
@@ -598,11 +633,11 @@ class EventLoop:
             self._selector.unregister(fd)
         return True
 
-    def _note_change(self, fd: int, pair: list[Handle | None]) -> None:
+    def _note_change(self, fd: int, pair: list[Watch | None]) -> None:
         if fd not in self._polled:
             self._polled[fd] = (pair[0], pair[1])
 
-    def _set_interest(self, fd: int, pair: list[Handle | None]) -> None:
+    def _set_interest(self, fd: int, pair: list[Watch | None]) -> None:
         """Tell the poller what ``fd``'s remaining (reader, writer) pair waits for."""
         if self._epoll is not None:
             mask = (_EPOLLIN if pair[0] is not None else 0) | (_EPOLLOUT if pair[1] is not None else 0)

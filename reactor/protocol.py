@@ -887,9 +887,8 @@ class DatagramServer(_BoundSocket):
                     datagram_received(data, addr)
                 except Exception:
                     self.handle_error(data, addr)
-                # The protocol may have stopped the reactor, removed or paused this server. (The
-                # loop's own fields: its stopping and signal_pending properties, without the calls.)
-                if loop._stopping or loop._pending_signals or self.protocol is not protocol or hosted.paused:
+                # The protocol may have stopped the reactor, removed or paused this server.
+                if loop.stopping or loop.signal_pending or self.protocol is not protocol or hosted.paused:
                     break
         except BlockingIOError:
             self._reads_left = DATAGRAMS_PER_WAKEUP
