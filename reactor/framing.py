@@ -528,7 +528,7 @@ class _MessageConnection(Protocol):
             end = len(data) - 1
             handler: Any = self.handler
             if data[end] == 10 and end < handler.max_line and data.find(b"\n") == end \
-                    and not (self.in_flight or self.write_paused or self.draining or self.transport._closing):
+                    and not (self.in_flight or self.write_paused or self.draining or self.transport.is_closing()):
                 message = data[:end - 1] if end and data[end - 1] == 13 and handler.strip_cr else data[:end]
                 self.in_flight = True
                 hosted = self.owner.hosted
@@ -638,7 +638,7 @@ class _MessageConnection(Protocol):
             ok = False
             self.owner.hosted.server.handle_error(self.sock, self.client_address)
         transport = self.transport
-        if framed is not None and ok and not (self.outbox or self.ended or self.draining or transport._closing):
+        if framed is not None and ok and not (self.outbox or self.ended or self.draining or transport.is_closing()):
             # done() in its common case, without the call: one reply and nothing else to do.
             self.in_flight = False
             self.last_activity = self.clock()
@@ -666,7 +666,7 @@ class _MessageConnection(Protocol):
             self.release()
             return
         transport = self.transport
-        if transport._closing:
+        if transport.is_closing():
             return  # failed or aborted meanwhile: its connection_lost is on the way
         outbox = self.outbox
         if outbox:  # flush_outbox(), without the call
