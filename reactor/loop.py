@@ -395,48 +395,32 @@ class EventLoop:
         writer: Watch | None
         pair: list[Watch | None] | tuple[Watch | None, Watch | None] | None
         if epoll is not None:
-            handlers = self._handlers
-            for fd, mask in fd_events:
-                pair = polled[fd] if polled and fd in polled else handlers.get(fd)
-                if pair is None:
-                    continue
-                reader, writer = pair
-                if reader is not None and mask & _EPOLL_READABLE and not reader.cancelled:
-                    try:
-                        if reader.args:
-                            reader.callback(*reader.args)
-                        else:
-                            reader.callback()  # a plain call: cheaper than an empty *args
-                    except Exception:
-                        logger.exception("reactor callback %r raised", reader)
-                if writer is not None and mask & _EPOLL_WRITABLE and not writer.cancelled:
-                    try:
-                        if writer.args:
-                            writer.callback(*writer.args)
-                        else:
-                            writer.callback()  # a plain call: cheaper than an empty *args
-                    except Exception:
-                        logger.exception("reactor callback %r raised", writer)
-        else:
-            for key, mask in key_events:
-                fd = key.fd
-                reader, writer = polled[fd] if polled and fd in polled else key.data
-                if reader is not None and mask & _READ and not reader.cancelled:
-                    try:
-                        if reader.args:
-                            reader.callback(*reader.args)
-                        else:
-                            reader.callback()  # a plain call: cheaper than an empty *args
-                    except Exception:
-                        logger.exception("reactor callback %r raised", reader)
-                if writer is not None and mask & _WRITE and not writer.cancelled:
-                    try:
-                        if writer.args:
-                            writer.callback(*writer.args)
-                        else:
-                            writer.callback()  # a plain call: cheaper than an empty *args
-                    except Exception:
-                        logger.exception("reactor callback %r raised", writer)
+            readable, writable = _EPOLL_READABLE, _EPOLL_WRITABLE
+        else:  # a selector's keys carry the same pairs as the map
+            fd_events = [(key.fd, mask) for key, mask in key_events]
+            readable, writable = _READ, _WRITE
+        handlers = self._handlers
+        for fd, mask in fd_events:
+            pair = polled[fd] if polled and fd in polled else handlers.get(fd)
+            if pair is None:
+                continue
+            reader, writer = pair
+            if reader is not None and mask & readable and not reader.cancelled:
+                try:
+                    if reader.args:
+                        reader.callback(*reader.args)
+                    else:
+                        reader.callback()  # a plain call: cheaper than an empty *args
+                except Exception:
+                    logger.exception("reactor callback %r raised", reader)
+            if writer is not None and mask & writable and not writer.cancelled:
+                try:
+                    if writer.args:
+                        writer.callback(*writer.args)
+                    else:
+                        writer.callback()  # a plain call: cheaper than an empty *args
+                except Exception:
+                    logger.exception("reactor callback %r raised", writer)
         for _ in range(due):
             self._run(ready.popleft())
 
