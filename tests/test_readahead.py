@@ -22,8 +22,8 @@ import pytest
 from reactor import Inline, Reactor, ThreadPool
 from reactor.buffered import ConnectionSocket, _Inbound, _Outbound
 from reactor.http_boundary import HTTPRequestBoundary
-from reactor.keepalive import RequestLoop
 from reactor import socketserver
+from test_keepalive import UpperLoop
 from support import QuietHTTPHandler, ipv6_available, reactor_thread, short_unix_dir, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -119,17 +119,10 @@ class LineBoundary:
         self.received = 0
 
 
-class UpperLines(RequestLoop, socketserver.StreamRequestHandler):
+class UpperLines(UpperLoop):
     """Answers each line in capitals; a line is a request the loop reads ahead."""
 
     request_boundary = LineBoundary
-
-    def handle_one_request(self) -> None:
-        line = self.rfile.readline()
-        if not line:
-            self.close_connection = True
-            return
-        self.wfile.write(line.upper())
 
 
 def counters(reactor: Reactor) -> dict[str, int]:

@@ -486,7 +486,7 @@ def test_a_head_that_stops_coming_gets_408_after_request_head_timeout_and_a_clos
 
 @pytest.mark.timeout(30)
 def test_a_body_slower_than_its_deadline_gets_408_and_a_close(docroot: Path) -> None:
-    # 10 bytes of 10,000 at once, then nothing: due within 0.5 s + 10 / 1024 s.
+    # 10 bytes of 10,000 at once, then nothing: fewer than 1024 B/s x 0.5 s in the body's first window.
     with hosted(files(docroot), request_body_timeout=0.5, request_body_min_rate=1024) as (reactor, server):
         with connect(server.server_address) as sock:
             started = time.monotonic()
