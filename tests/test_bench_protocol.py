@@ -32,6 +32,7 @@ import plan  # noqa: E402
 import report  # noqa: E402
 from procs import LineReader, stop_process  # noqa: E402
 from servers import CONTENDERS  # noqa: E402
+from test_bench import c_tools  # noqa: E402,F401  (the fixture)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the bench is Linux's (epoll, /proc)")
 
@@ -249,13 +250,13 @@ def test_the_line_mode_of_the_python_load_generator_ends_each_request_with_a_new
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("tools", ["c", "python"])
-def test_the_lines_workload_runs_end_to_end_and_is_judged(tmp_path: Path, tools: str) -> None:
-    build = REPO / "bench" / "build"
-    if tools == "c" and not ((build / "loadgen").exists() and (build / "echo_server").exists()):
-        pytest.skip("the C tools are not built (make bench-tools)")
+def test_the_lines_workload_runs_end_to_end_and_is_judged(tmp_path: Path, tools: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    # The C tools compiled here, as make bench-tools does (test_bench's fixture): a clean clone has none.
+    build = request.getfixturevalue("c_tools") if tools == "c" else tmp_path / "no-tools"
     result = subprocess.run([sys.executable, str(BENCH / "run.py"), "--pairs", "1", "--duration", "0.3",
                              "--warmup", "0.1", "--out", str(tmp_path), "--name", "smoke",
-                             "--tools", str(build if tools == "c" else tmp_path / "no-tools"),
+                             "--tools", str(build),
                              "--workloads", "lines-tcp-c50", "--contenders", "reactor-inline,epoll-echo"],
                             capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
