@@ -385,11 +385,6 @@ class BufferedConnection:
         """True once the socket is closed, or is closing after its last reply."""
         return self._closed or self._close_pending
 
-    @property
-    def pending_output(self) -> int:
-        """Reply bytes not sent yet."""
-        return self._outbound.size
-
     def when_closed(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once the socket is really closed (at once if it is)."""
         with self._lock:
@@ -518,7 +513,7 @@ class BufferedConnection:
                 except self._want_io:
                     pass
                 except OSError as exc:
-                    self._fail(exc)
+                    self._error = exc
                     raise
                 if sent == size:
                     return size
@@ -544,10 +539,6 @@ class BufferedConnection:
         """Buffered bytes above which a write waits."""
         limits = self.limits
         return limits.write_buffer_in_memory if self._outbound.spool_failed else limits.write_buffer_limit
-
-    def flush(self) -> None:
-        """Wait until every buffered byte is sent (under the send deadline)."""
-        self._wait_for_room(0)
 
     def _wait_for_room(self, below: int) -> None:
         if self.loop.in_loop():
@@ -743,9 +734,6 @@ class BufferedConnection:
                 callback()
             except Exception:
                 logger.exception("%r: a close callback failed", self)
-
-    def _fail(self, exc: OSError) -> None:
-        self._error = exc
 
     def _error_to_raise(self) -> BaseException:
         error = self._error
@@ -1014,9 +1002,4 @@ class ConnectionSocket:
     @property
     def _closed(self) -> bool:  # socket.socket's, which some code reads
         return self._conn.closed
-
-
-def unwrap(request: Any) -> Any:
-    """The real socket behind a :class:`ConnectionSocket`, else ``request`` itself."""
-    return request.raw_socket if isinstance(request, ConnectionSocket) else request
 
