@@ -176,6 +176,10 @@ class EventLoop:
         #: handlers changed since: that poll's events run those, or nothing once they are
         #: cancelled (rule 3), never a replacement, nor whatever reuses a closed one's number.
         self._polled: dict[int, tuple[Watch | None, Watch | None]] = {}
+        #: fd -> its reader's callback, for each descriptor watched only for reading, by a
+        #: callback without arguments (every connection between writes): the tick calls it
+        #: from one lookup. Kept in step with ``_handlers`` by every change.
+        self._plain_readers: dict[int, Callable[[], object]] = {}
         self._clock = clock if clock is not None else time.monotonic
         self._timers = TimerHeap()
         self._ready: collections.deque[Handle] = collections.deque()
@@ -400,8 +404,21 @@ class EventLoop:
             fd_events = [(key.fd, mask) for key, mask in key_events]
             readable, writable = _READ, _WRITE
         handlers = self._handlers
+        plain_readers = self._plain_readers
         for fd, mask in fd_events:
-            pair = polled[fd] if polled and fd in polled else handlers.get(fd)
+            if not (polled and fd in polled):
+                # The common case in one lookup: any event of a read-only descriptor is for
+                # its reader (an error or hang-up too), which nothing this tick changed.
+                plain = plain_readers.get(fd)
+                if plain is not None:
+                    try:
+                        plain()
+                    except Exception:
+                        logger.exception("reactor callback %r raised", plain)
+                    continue
+                pair = handlers.get(fd)
+            else:
+                pair = polled[fd]
             if pair is None:
                 continue
             reader, writer = pair
@@ -576,18 +593,22 @@ class EventLoop:
                 assert self._selector is not None
                 self._selector.register(fd, event, pair)
             self._handlers[fd] = pair
+            self._note_plain_reader(fd, pair)
             return
         self._note_change(fd, pair)
         old = pair[slot]
         pair[slot] = handle
         if old is not None:
             old.cancel()  # the interest is unchanged: no system call
+            self._note_plain_reader(fd, pair)
             return
         try:
             self._set_interest(fd, pair)
         except BaseException:
             pair[slot] = None
             raise
+        finally:
+            self._note_plain_reader(fd, pair)
 
     def _remove_handler(self, fd: int, event: int, owner: object) -> bool:
         if self._closed:
@@ -604,9 +625,11 @@ class EventLoop:
         pair[slot] = None
         old.cancel()
         if pair[1 - slot] is not None:
+            self._note_plain_reader(fd, pair)
             self._set_interest(fd, pair)
             return True
         del self._handlers[fd]
+        self._plain_readers.pop(fd, None)
         if self._epoll is not None:
             try:
                 self._epoll.unregister(fd)
@@ -616,6 +639,14 @@ class EventLoop:
             assert self._selector is not None
             self._selector.unregister(fd)
         return True
+
+    def _note_plain_reader(self, fd: int, pair: list[Watch | None]) -> None:
+        """Keep ``_plain_readers`` in step with ``fd``'s new (reader, writer) pair."""
+        reader, writer = pair
+        if reader is not None and writer is None and not reader.args:
+            self._plain_readers[fd] = reader.callback
+        else:
+            self._plain_readers.pop(fd, None)
 
     def _note_change(self, fd: int, pair: list[Watch | None]) -> None:
         if fd not in self._polled:

@@ -34,6 +34,10 @@ Rules
    fills the buffer (up to a bounded number per event), so a request/reply
    connection pays no extra system call and a bulk sender cannot starve
    the others. Under TLS, bytes OpenSSL already decrypted are read too.
+   The size asked for adapts: small (``MIN_READ``) while reads are small,
+   sixteen times larger after each read that filled it, up to ``MAX_READ``.
+   A read allocates what it asks for before it shrinks to what arrived, and
+   a small request costs far less to allocate than 64 KiB.
 5. A protocol callback that raises is logged with the connection, and that
    connection is aborted (``connection_lost`` receives the exception); the
    loop and every other connection go on.
@@ -47,6 +51,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -75,6 +80,11 @@ DEFAULT_HIGH_WATER = 64 * 1024
 #: allocates n bytes before it shrinks them to what arrived, and at 256 KiB (asyncio's size)
 #: each call paid an mmap/munmap pair, about 14 us, five times the cost of the system call.
 MAX_READ = 64 * 1024
+#: The size asked of a connection's first ``recv``, and again after a read of at most this
+#: many bytes. Small enough for the interpreter's own allocator (objects up to 512 bytes).
+MIN_READ = 256
+#: How much the size asked for grows after a read that filled it: 256 B, 4 KiB, 64 KiB.
+READ_GROWTH = 16
 #: Most reads per readiness event (each only when the previous one filled the buffer).
 READS_PER_EVENT = 16
 #: Datagrams a DatagramTransport queues (beyond the high-water mark they are dropped).
@@ -84,6 +94,12 @@ MAX_QUEUED_DATAGRAMS = 1024
 DATAGRAMS_PER_WAKEUP = 64
 
 _MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0))
+
+#: Plain sockets are read and written with ``os.read``/``os.write`` on their descriptor: the
+#: same system calls as ``recv``/``send`` without flags, minus the socket methods' argument
+#: parsing and timeout bookkeeping (about a tenth of the loop's cost per request/reply).
+#: The transport's socket is always non-blocking, so the timeout logic has nothing to do.
+_FD_IO = os.name == "posix"
 
 #: Errors that say the peer went away: logged at debug level, not as failures.
 _PEER_GONE = frozenset(getattr(errno, name) for name in ("ECONNRESET", "EPIPE", "ECONNABORTED", "ETIMEDOUT",
@@ -161,7 +177,8 @@ class Transport:
 
     __slots__ = ("_loop", "_sock", "_fd", "_protocol", "_server", "_client_address", "_buffer", "_high", "_low",
                  "_reading", "_started", "_closing", "_lost", "_eof_pending", "_eof_sent", "_protocol_paused",
-                 "_writer_registered", "_would_block", "_tls", "_dropped_writes", "__weakref__")
+                 "_writer_registered", "_would_block", "_tls", "_dropped_writes", "_read_size", "_read",
+                 "_send", "_io_target", "__weakref__")
 
     def __init__(self, loop: EventLoop, sock: socket.socket, protocol: Protocol, server: TransportOwner,
                  client_address: Any) -> None:
@@ -183,8 +200,18 @@ class Transport:
         self._protocol_paused = False
         self._writer_registered = False
         self._dropped_writes = 0
+        self._read_size = MIN_READ
         ssl = sys.modules.get("ssl")
         self._tls = ssl is not None and isinstance(sock, ssl.SSLSocket)
+        # read(target, n) and send(target, data): on the descriptor for a plain socket (see
+        # _FD_IO), the socket's own methods (called unbound) for TLS or elsewhere.
+        self._read: Callable[[Any, int], bytes]
+        self._send: Callable[[Any, Any], int]
+        self._io_target: int | socket.socket
+        if _FD_IO and not self._tls:
+            self._read, self._send, self._io_target = os.read, os.write, self._fd
+        else:
+            self._read, self._send, self._io_target = type(sock).recv, type(sock).send, sock
         if self._tls:
             assert ssl is not None
             # An EOF without close_notify raises SSLEOFError instead of reading as b"": how
@@ -259,12 +286,13 @@ class Transport:
             self._read_ready()
 
     def _read_ready(self) -> None:
-        sock = self._sock
+        read, target = self._read, self._io_target
         protocol = self._protocol
         reads = READS_PER_EVENT
         while True:
+            size = self._read_size
             try:
-                data = sock.recv(MAX_READ)
+                data = read(target, size)
             except self._would_block:
                 return
             except OSError as exc:
@@ -285,12 +313,17 @@ class Transport:
                 return
             # The common case first, in the fewest reads: a short read on a plain socket means
             # the kernel had no more (don't pay for an EAGAIN).
-            short = len(data) < MAX_READ
-            if short and not self._tls:
-                return
+            got = len(data)
+            if got < size:
+                if size != MIN_READ and got <= MIN_READ:
+                    self._read_size = MIN_READ  # small reads again: small allocations again
+                if not self._tls:
+                    return
+            elif size < MAX_READ:
+                self._read_size = min(size * READ_GROWTH, MAX_READ)
             if not self._reading or self._closing:
                 return
-            if short and not sock.pending():  # type: ignore[attr-defined]
+            if got < size and not self._sock.pending():  # type: ignore[attr-defined]
                 return  # nor had OpenSSL
             reads -= 1
             if not reads:
@@ -338,7 +371,7 @@ class Transport:
                 and not self._write_needs_send(data):
             return
         try:
-            sent = self._sock.send(data)
+            sent = self._send(self._io_target, data)
         except self._would_block:
             sent = 0
         except OSError as exc:
@@ -407,7 +440,7 @@ class Transport:
     def _write_ready(self) -> None:
         buffer = self._buffer
         try:
-            sent = self._sock.send(buffer)
+            sent = self._send(self._io_target, buffer)
         except self._would_block:
             return
         except OSError as exc:

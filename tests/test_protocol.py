@@ -11,12 +11,14 @@ the loop (``in_loop``), never a sleep. A representative subset runs under
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import socket
 import ssl
 import struct
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ from typing import Any
 import pytest
 
 from reactor import DatagramProtocol, Protocol, Reactor, Transport
-from reactor.protocol import DatagramTransport, StreamServer
+from reactor.protocol import MAX_READ, MIN_READ, READ_GROWTH, DatagramTransport, StreamServer
 from support import ipv6_available, reactor_thread, run_python, wait_for
 
 CLIENT_TIMEOUT = 5.0
@@ -403,6 +405,40 @@ def test_pause_reading_in_connection_made_is_honoured_until_resumed(env: Env) ->
     assert bytes(protocol.received) == b"early"
     env.in_loop(transport.resume_reading)
     wait_for(lambda: bytes(protocol.received) == b"earlylater", timeout=CLIENT_TIMEOUT)
+
+
+def queued_bytes(transport: Any) -> int:
+    """Bytes waiting in the kernel's receive queue of the transport's socket (encrypted under TLS)."""
+    sock = transport.get_extra_info("socket")
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def test_reads_grow_for_a_bulk_sender_and_shrink_back_after_a_small_read(env: Env) -> None:
+    env.serve(PausedAtOnce)
+    client = env.connect()
+    protocol = env.protocol()
+    transport = protocol.transport
+    assert transport is not None
+    bulk = os.urandom(100_000)  # within the default receive queue of every family
+    client.sendall(bulk)
+    wait_for(lambda: env.in_loop(queued_bytes, transport) >= len(bulk), timeout=CLIENT_TIMEOUT)
+    env.in_loop(transport.resume_reading)
+    wait_for(lambda: len(protocol.received) == len(bulk), timeout=CLIENT_TIMEOUT)
+    assert bytes(protocol.received) == bulk
+    chunks = [len(data) for name, data in protocol.events if name == "data"]
+    # Each read that fills what it asked for asks 16 times more: 256 B, 4 KiB, then 64 KiB
+    # (under TLS a read returns one record at most, 16 KiB).
+    assert chunks[:2] == [MIN_READ, MIN_READ * READ_GROWTH]
+    assert max(chunks) <= MAX_READ
+    if not env.tls:
+        assert chunks[2] == MAX_READ
+    # A small read brings the size back down: a burst that follows is read from 256 bytes up again.
+    client.sendall(b"tiny")
+    wait_for(lambda: protocol.received.endswith(b"tiny"), timeout=CLIENT_TIMEOUT)
+    burst = os.urandom(1000)
+    client.sendall(burst)
+    wait_for(lambda: protocol.received.endswith(burst), timeout=CLIENT_TIMEOUT)
+    assert [len(data) for name, data in protocol.events[-2:]] == [MIN_READ, len(burst) - MIN_READ]
 
 
 def test_an_eof_that_arrives_while_reading_is_paused_waits_for_resume(env: Env) -> None:
