@@ -308,6 +308,10 @@ class MessageMode(typing.Protocol):
     def open(self) -> int:
         """Connections served now."""
 
+    @property
+    def messages(self) -> int:
+        """Messages dispatched so far (counted in ``stats()`` as ``messages`` and ``dispatched``)."""
+
     def take(self, request: Any, client_address: Any) -> None:
         """Serve a verified connection from now on (from the strategy's thread)."""
 
@@ -499,6 +503,11 @@ class HostedServer:
                       parked=parked + (read_ahead.parked if read_ahead is not None else 0),
                       reading=read_ahead.reading if read_ahead is not None else 0,
                       message_connections=self._messages.open if self._messages is not None else 0)
+        if self._messages is not None:
+            # Counted by the message mode itself: one increment per message, not two calls.
+            messages = self._messages.messages
+            counts["messages"] += messages
+            counts["dispatched"] += messages
         if self._options.admission.active:
             admission = self._admission
             counts.update(open=admission.open if admission is not None else 0,

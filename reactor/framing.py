@@ -377,6 +377,8 @@ class MessageConnections:
         self._connections: set[_MessageConnection] = set()
         self._closing = False
         self._on_drained: Callable[[], None] | None = None
+        #: Messages dispatched so far (loop thread; a plain attribute: one increment per message).
+        self.messages = 0
 
     @property
     def open(self) -> int:
@@ -423,6 +425,7 @@ class MessageConnections:
         self._closing = True
         self._on_drained = None
         for conn in list(self._connections):
+            conn.draining = True  # a handler running now (it aborted us) sees it on return
             conn.transport.abort()
 
     def detach(self) -> None:
@@ -503,7 +506,16 @@ class _MessageConnection(Protocol):
         self.inline = type(owner.hosted.dispatch).submit_job is Dispatch.submit_job
         #: Inline, and lines framed by LineRequestHandler's own frame(): a chunk that is exactly
         #: one line, arriving with nothing buffered, is answered without the buffer (data_received).
+        #: Turned off for good when the connection lingers.
         self.whole_lines = self.inline and type(handler).frame is LineRequestHandler.frame
+        #: Replies framed by LineRequestHandler's own frame_reply(): the fast path appends the
+        #: newline itself.
+        self.line_replies = type(handler).frame_reply is LineRequestHandler.frame_reply
+        #: The fast path's copies of the handler's line settings (class attributes, each a slow
+        #: lookup through the instance), taken after its setup().
+        self.max_line: int = getattr(handler, "max_line", 0)
+        self.strip_cr: bool = getattr(handler, "strip_cr", False)
+        self.newline: bytes = getattr(handler, "newline", b"")
 
     def __repr__(self) -> str:
         return f"<message connection {self.client_address!r}>"
@@ -516,32 +528,45 @@ class _MessageConnection(Protocol):
         self.advance()
 
     def data_received(self, data: bytes) -> None:
+        if self.whole_lines and not self.buffer:
+            # Request/reply's common case, under Inline: the chunk is one whole line. What
+            # advance(), LineRequestHandler.frame(), run_inline() and done() would do, without
+            # the buffer and in one call. The transport reads only while no message is in flight,
+            # writing is not paused and the connection neither drains nor closes: none of those
+            # needs checking here.
+            end = len(data) - 1
+            if data[end] == 10 and end < self.max_line and 10 not in (message := data[:end]):  # an int: no exception inside bytes.__contains__
+                if end and message[-1] == 13 and self.strip_cr:
+                    message = message[:-1]
+                handler = self.handler
+                self.owner.messages += 1
+                self.in_flight = True
+                try:
+                    reply = handler.handle_message(message)
+                    if reply is None:
+                        framed = None
+                    elif self.line_replies:
+                        framed = (reply if type(reply) is bytes else bytes(reply)) + self.newline
+                    else:
+                        framed = handler.frame_reply(reply if type(reply) is bytes else bytes(reply))
+                except Exception:
+                    self.owner.hosted.server.handle_error(self.sock, self.client_address)
+                    self.done(False)
+                    return
+                if framed is None or self.outbox or self.draining or self.ended:
+                    self.done(True, framed)  # the general case (draining: the handler left, or aborted)
+                    return
+                self.in_flight = False
+                clock = self.clock  # an attribute, then a call: a method lookup would not be specialised
+                self.last_activity = clock()
+                self.transport.write(framed)
+                return
         if self.lingering:
             self.discarded += len(data)
             if self.discarded > self.handler.max_buffer:
                 self.transport.abort()
             return
         self.last_activity = self.clock()
-        if self.whole_lines and not self.buffer:
-            # Request/reply's common case: the chunk is one whole line. What advance() and
-            # LineRequestHandler.frame() would do, without copying it into the buffer and out.
-            end = len(data) - 1
-            handler: Any = self.handler
-            if data[end] == 10 and end < handler.max_line and data.find(b"\n") == end \
-                    and not (self.in_flight or self.write_paused or self.draining or self.transport.is_closing()):
-                message = data[:end - 1] if end and data[end - 1] == 13 and handler.strip_cr else data[:end]
-                self.in_flight = True
-                hosted = self.owner.hosted
-                hosted.count("messages")
-                hosted.count("dispatched")
-                self.advancing = True
-                try:
-                    self.run_inline(message)
-                finally:
-                    self.advancing = False
-                if self.write_paused or self.draining or not self.transport.is_reading():
-                    self.advance()  # whatever the message changed: advance() knows each case
-                return
         self.buffer += data
         self.advance()
 
@@ -599,8 +624,7 @@ class _MessageConnection(Protocol):
                         transport.resume_reading()
                     return
                 self.in_flight = True
-                hosted.count("messages")
-                hosted.count("dispatched")
+                self.owner.messages += 1
                 if self.inline:
                     self.run_inline(message)  # what the strategy's submit_job would do with a job
                 else:
@@ -711,6 +735,7 @@ class _MessageConnection(Protocol):
             transport.close()
             return
         self.lingering = True
+        self.whole_lines = False
         transport.write_eof()
         transport.resume_reading()
         if self.timer is not None:

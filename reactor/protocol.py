@@ -175,10 +175,12 @@ class Transport:
     Thread-safety: every method belongs to the loop's thread.
     """
 
-    __slots__ = ("_loop", "_sock", "_fd", "_protocol", "_server", "_client_address", "_buffer", "_high", "_low",
-                 "_reading", "_started", "_closing", "_lost", "_eof_pending", "_eof_sent", "_protocol_paused",
-                 "_writer_registered", "_would_block", "_tls", "_dropped_writes", "_read_size", "_read",
-                 "_send", "_io_target", "__weakref__")
+    # Slots lie in memory in this order: what a read and a write touch comes first, so that with
+    # thousands of connections an event costs the fewest cache lines.
+    __slots__ = ("_read", "_io_target", "_protocol", "_read_size", "_tls", "_send", "_writer_registered",
+                 "_closing", "_eof_pending", "_reading", "_buffer", "_loop", "_sock", "_fd", "_server",
+                 "_client_address", "_high", "_low", "_started", "_lost", "_eof_sent", "_protocol_paused",
+                 "_would_block", "_dropped_writes", "__weakref__")
 
     def __init__(self, loop: EventLoop, sock: socket.socket, protocol: Protocol, server: TransportOwner,
                  client_address: Any) -> None:
@@ -367,11 +369,13 @@ class Transport:
             TypeError: ``data`` is not bytes-like.
             RuntimeError: after ``write_eof()``.
         """
-        if not (type(data) is bytes and data and not (self._buffer or self._closing or self._eof_pending)) \
+        # The writer is registered exactly while something is buffered (a flag: no touching the buffer).
+        if not (type(data) is bytes and data and not (self._writer_registered or self._closing or self._eof_pending)) \
                 and not self._write_needs_send(data):
             return
+        send = self._send  # an attribute, then a call: a method lookup on a slot is not specialised
         try:
-            sent = self._send(self._io_target, data)
+            sent = send(self._io_target, data)
         except self._would_block:
             sent = 0
         except OSError as exc:
@@ -439,8 +443,9 @@ class Transport:
 
     def _write_ready(self) -> None:
         buffer = self._buffer
+        send = self._send
         try:
-            sent = self._send(self._io_target, buffer)
+            sent = send(self._io_target, buffer)
         except self._would_block:
             return
         except OSError as exc:
