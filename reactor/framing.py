@@ -528,39 +528,40 @@ class _MessageConnection(Protocol):
         self.advance()
 
     def data_received(self, data: bytes) -> None:
-        if self.whole_lines and not self.buffer:
-            # Request/reply's common case, under Inline: the chunk is one whole line. What
-            # advance(), LineRequestHandler.frame(), run_inline() and done() would do, without
-            # the buffer and in one call. The transport reads only while no message is in flight,
-            # writing is not paused and the connection neither drains nor closes: none of those
-            # needs checking here.
-            end = len(data) - 1
-            if data[end] == 10 and end < self.max_line and 10 not in (message := data[:end]):  # an int: no exception inside bytes.__contains__
-                if end and message[-1] == 13 and self.strip_cr:
-                    message = message[:-1]
-                handler = self.handler
-                self.owner.messages += 1
-                self.in_flight = True
-                try:
-                    reply = handler.handle_message(message)
-                    if reply is None:
-                        framed = None
-                    elif self.line_replies:
-                        framed = (reply if type(reply) is bytes else bytes(reply)) + self.newline
-                    else:
-                        framed = handler.frame_reply(reply if type(reply) is bytes else bytes(reply))
-                except Exception:
-                    self.owner.hosted.server.handle_error(self.sock, self.client_address)
-                    self.done(False)
-                    return
-                if framed is None or self.outbox or self.draining or self.ended:
-                    self.done(True, framed)  # the general case (draining: the handler left, or aborted)
-                    return
-                self.in_flight = False
-                clock = self.clock  # an attribute, then a call: a method lookup would not be specialised
-                self.last_activity = clock()
-                self.transport.write(framed)
+        # Request/reply's common case, under Inline: the chunk is one whole line, nothing is
+        # buffered and the reply is bytes. What advance(), LineRequestHandler.frame(),
+        # run_inline() and done() would do, in one call. The transport reads only while no
+        # message is in flight, writing is not paused and the connection neither drains nor
+        # closes: none of those needs checking on the way in. (Ints for the byte tests:
+        # bytes.__contains__ given bytes raises and clears a TypeError inside.)
+        if not self.whole_lines or data[-1] != 10 or 10 in (message := data[:-1]) or self.buffer \
+                or len(data) > self.max_line:
+            self.receive(data)
+            return
+        if 13 in message and message[-1] == 13 and self.strip_cr:
+            message = message[:-1]
+        self.owner.messages += 1
+        self.in_flight = True
+        try:
+            reply = self.handler.handle_message(message)
+            if type(reply) is not bytes or not self.line_replies:
+                self.replied(reply)
                 return
+            framed = reply + self.newline
+        except Exception:
+            self.owner.hosted.server.handle_error(self.sock, self.client_address)
+            self.done(False)
+            return
+        self.in_flight = False
+        if self.outbox or self.draining:
+            self.done(True, framed)  # replies written before it, or the server leaves (or aborted)
+            return
+        clock = self.clock  # an attribute, then a call: a method lookup would not be specialised
+        self.last_activity = clock()
+        self.transport.write(framed)
+
+    def receive(self, data: bytes) -> None:
+        """Bytes arrived that the fast path of ``data_received`` does not take."""
         if self.lingering:
             self.discarded += len(data)
             if self.discarded > self.handler.max_buffer:
@@ -569,6 +570,19 @@ class _MessageConnection(Protocol):
         self.last_activity = self.clock()
         self.buffer += data
         self.advance()
+
+    def replied(self, reply: Any) -> None:
+        """The fast path's message returned something other than bytes for the default framing:
+        frame it as ``run_inline`` does, then finish as ``done``."""
+        framed = None
+        try:
+            if reply is not None:
+                framed = self.handler.frame_reply(reply if type(reply) is bytes else bytes(reply))
+        except Exception:
+            self.owner.hosted.server.handle_error(self.sock, self.client_address)
+            self.done(False)
+            return
+        self.done(True, framed)
 
     def eof_received(self) -> bool | None:
         return True if self.in_flight else None  # a message in flight still answers, then closes

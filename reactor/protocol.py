@@ -369,8 +369,9 @@ class Transport:
             TypeError: ``data`` is not bytes-like.
             RuntimeError: after ``write_eof()``.
         """
-        # The writer is registered exactly while something is buffered (a flag: no touching the buffer).
-        if not (type(data) is bytes and data and not (self._writer_registered or self._closing or self._eof_pending)) \
+        # The writer is registered exactly while something is buffered (a flag: no touching the
+        # buffer). Not bytes-like: the system call (os.write, or the socket's send) raises TypeError.
+        if not (data and not (self._writer_registered or self._closing or self._eof_pending)) \
                 and not self._write_needs_send(data):
             return
         send = self._send  # an attribute, then a call: a method lookup on a slot is not specialised
