@@ -34,9 +34,10 @@ Theory of operation (message mode)
 3. At most one message of a connection is in flight. The next is framed and
    submitted when the previous one finished, so replies keep request order
    while a pool runs different connections' messages at once. While a
-   message is in flight, or the write buffer is above its high-water mark,
-   the connection is not read: a client cannot make the server buffer more
-   than ``max_buffer`` bytes of input and one high-water mark of output.
+   message is in flight, the connection is read only until ``max_buffer``
+   bytes wait; while the write buffer is above its high-water mark, not at
+   all: a client cannot make the server buffer more than ``max_buffer``
+   bytes of input (and one read) and one high-water mark of output.
 4. ``frame()`` runs in the loop's thread, on the bytes received and not yet
    consumed; it must be cheap (search from where the last call stopped).
    ``handle_message()`` runs on the strategy; its replies (the value it
@@ -643,7 +644,10 @@ class _MessageConnection(Protocol):
                     self.run_inline(message)  # what the strategy's submit_job would do with a job
                 else:
                     hosted.dispatch.submit_job(hosted, _MessageJob(self, message))
-            if self.in_flight or self.write_paused:
+            # While a message is in flight the connection goes on reading into the buffer (a
+            # request/reply client sends nothing meanwhile: no event, and no epoll_ctl pair per
+            # message), up to max_buffer bytes.
+            if self.write_paused or (self.in_flight and len(buffer) >= self.handler.max_buffer):
                 transport.pause_reading()
         finally:
             self.advancing = False
@@ -764,6 +768,8 @@ class _MessageConnection(Protocol):
         self.draining = True
         if not self.in_flight:
             self.transport.close()
+        else:
+            self.transport.pause_reading()  # nothing more starts: what arrives would wait for nothing
 
     def check_idle(self) -> None:
         self.timer = None

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import select
 import signal
 import socket
 import socketserver as std_socketserver
@@ -535,6 +536,50 @@ def test_leaving_lets_the_message_in_flight_finish_and_flush_then_closes() -> No
             assert removed.wait(CLIENT_TIMEOUT)
         assert server.events.count("finish") == 2
         assert server.events.count("shutdown_request") == 2
+    finally:
+        gate.release.set()
+        reactor.close()
+        server.server_close()
+
+
+def test_while_a_message_is_in_flight_the_connection_is_read_only_up_to_max_buffer() -> None:
+    class Bounded(Words):
+        max_buffer = 4096
+
+    reactor = Reactor()
+    server = RecordingTCP(("127.0.0.1", 0), Bounded)
+    # Small kernel buffers on both sides, so that what the client gets rid of is mostly what
+    # the server read.
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    gate = server.gates[b"g"] = Gate()
+    flood = b"".join(b"line %06d %s\n" % (n, b"x" * 40) for n in range(80_000))  # 4 MB, lines under max_line
+    try:
+        reactor.add_server(server, ThreadPool(2))
+        with reactor_thread(reactor):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+            sock.settimeout(CLIENT_TIMEOUT)
+            sock.connect(server.server_address)
+            with Client(server, sock) as client, Client(server) as other:
+                client.send(b"block g")
+                assert gate.entered.wait(CLIENT_TIMEOUT)
+                sock.setblocking(False)
+                sent = 0
+                while sent < len(flood):
+                    try:
+                        sent += sock.send(flood[sent:sent + 65536])
+                    except BlockingIOError:
+                        # Writable again within half a second: the server is still reading.
+                        if not select.select([], [sock], [], 0.5)[1]:
+                            break
+                # The server read max_buffer bytes (and one read) past the message in flight, then
+                # stopped: the rest waits in the kernel's buffers, not in the server's memory.
+                assert sent < 1_000_000, sent
+                assert other.ask(b"meanwhile") == b"MEANWHILE\n"  # the loop serves everyone else
+                gate.release.set()
+                sock.settimeout(CLIENT_TIMEOUT)
+                assert client.line() == b"BLOCK G\n"
+                assert client.line() == b"LINE 000000 " + b"X" * 40 + b"\n"  # read again, in order
     finally:
         gate.release.set()
         reactor.close()
