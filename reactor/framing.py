@@ -35,9 +35,11 @@ Theory of operation (message mode)
    submitted when the previous one finished, so replies keep request order
    while a pool runs different connections' messages at once. While a
    message is in flight, the connection is read only until ``max_buffer``
-   bytes wait; while the write buffer is above its high-water mark, not at
-   all: a client cannot make the server buffer more than ``max_buffer``
-   bytes of input (and one read) and one high-water mark of output.
+   bytes wait (under TLS not at all: an EOF there ends the connection, and
+   the reply would be lost); while the write buffer is above its high-water
+   mark, not at all: a client cannot make the server buffer more than
+   ``max_buffer`` bytes of input (and one read) and one high-water mark of
+   output.
 4. ``frame()`` runs in the loop's thread, on the bytes received and not yet
    consumed; it must be cheap (search from where the last call stopped).
    ``handle_message()`` runs on the strategy; its replies (the value it
@@ -509,6 +511,9 @@ class _MessageConnection(Protocol):
         #: one line, arriving with nothing buffered, is answered without the buffer (data_received).
         #: Turned off for good when the connection lingers.
         self.whole_lines = self.inline and type(handler).frame is LineRequestHandler.frame
+        #: The transport cannot stay open after the client's EOF (TLS): it is not read while a
+        #: message is in flight (see advance()).
+        self.pause_while_in_flight = not self.transport.can_write_eof()
         #: Replies framed by LineRequestHandler's own frame_reply(): the fast path appends the
         #: newline itself.
         self.line_replies = type(handler).frame_reply is LineRequestHandler.frame_reply
@@ -646,8 +651,10 @@ class _MessageConnection(Protocol):
                     hosted.dispatch.submit_job(hosted, _MessageJob(self, message))
             # While a message is in flight the connection goes on reading into the buffer (a
             # request/reply client sends nothing meanwhile: no event, and no epoll_ctl pair per
-            # message), up to max_buffer bytes.
-            if self.write_paused or (self.in_flight and len(buffer) >= self.handler.max_buffer):
+            # message), up to max_buffer bytes. Not under TLS: there an EOF closes the transport,
+            # and one read while a message runs would lose its reply.
+            if self.write_paused or (self.in_flight and (self.pause_while_in_flight
+                                                         or len(buffer) >= self.handler.max_buffer)):
                 transport.pause_reading()
         finally:
             self.advancing = False

@@ -649,6 +649,29 @@ def test_tls_connections_are_served_a_message_at_a_time(pki: Any) -> None:
         assert reactor.server_stats(server)["frame_errors"] == 1
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_client_that_stops_sending_while_its_message_runs_still_gets_the_reply(pki: Any, tls: bool) -> None:
+    options = {"ssl_context": pki.server_context()} if tls else {}
+    with hosted(ThreadPool(2), **options) as (reactor, server):
+        gate = server.gates[b"g"] = Gate()
+
+        def connect() -> socket.socket:
+            raw = socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT)
+            return pki.client_context().wrap_socket(raw, server_hostname="localhost") if tls else raw
+
+        sock = connect()
+        with Client(server, sock) as client:
+            client.send(b"block g")
+            assert gate.entered.wait(CLIENT_TIMEOUT)
+            socket.socket.shutdown(sock, socket.SHUT_WR)  # a bare FIN, under TLS too (no close_notify)
+            with Client(server, connect()) as other:  # a round trip through the loop: the FIN was seen
+                assert other.ask(b"ping") == b"PING\n"
+            gate.release.set()
+            assert client.line() == b"BLOCK G\n"
+            with contextlib.suppress(ssl.SSLError, ConnectionError):
+                assert client.reader.read() == b""
+
+
 def test_admission_runs_first_and_counts_message_mode_connections_against_its_limits() -> None:
     class Peer(LineRequestHandler):
         def handle_message(self, line: bytes) -> bytes:
