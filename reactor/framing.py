@@ -555,8 +555,7 @@ class _MessageConnection(Protocol):
                 return
             framed = reply + self.newline
         except Exception:
-            self.owner.hosted.server.handle_error(self.sock, self.client_address)
-            self.done(False)
+            self.message_failed()
             return
         self.in_flight = False
         if self.outbox or self.draining:
@@ -578,17 +577,27 @@ class _MessageConnection(Protocol):
         self.advance()
 
     def replied(self, reply: Any) -> None:
-        """The fast path's message returned something other than bytes for the default framing:
-        frame it as ``run_inline`` does, then finish as ``done``."""
+        """An inline message returned ``reply``: frame it, send it, go on (``done()``'s work)."""
         framed = None
         try:
             if reply is not None:
                 framed = self.handler.frame_reply(reply if type(reply) is bytes else bytes(reply))
         except Exception:
-            self.owner.hosted.server.handle_error(self.sock, self.client_address)
-            self.done(False)
+            self.message_failed()
+            return
+        transport = self.transport
+        if framed is not None and not (self.outbox or self.ended or self.draining or transport.is_closing()):
+            # done() in its common case, without the call: one reply and nothing else to do.
+            self.in_flight = False
+            self.last_activity = self.clock()
+            transport.write(framed)
             return
         self.done(True, framed)
+
+    def message_failed(self) -> None:
+        """The message in flight raised (inline): report it, flush earlier replies, close."""
+        self.owner.hosted.server.handle_error(self.sock, self.client_address)
+        self.done(False)
 
     def eof_received(self) -> bool | None:
         return True if self.in_flight else None  # a message in flight still answers, then closes
@@ -674,26 +683,14 @@ class _MessageConnection(Protocol):
 
     def run_inline(self, message: Any) -> None:
         """``run()`` for a strategy that runs messages at once in the loop's thread (Inline): the
-        returned reply goes through ``frame_reply`` to ``done()`` directly, not through ``write()``
-        and the outbox, and there is no hand-back."""
-        handler = self.handler
-        ok = True
-        framed = None
+        returned reply goes through ``frame_reply`` to the transport directly (``replied()``), not
+        through ``write()`` and the outbox, and there is no hand-back."""
         try:
-            reply = handler.handle_message(message)
-            if reply is not None:
-                framed = handler.frame_reply(reply if type(reply) is bytes else bytes(reply))
+            reply = self.handler.handle_message(message)
         except Exception:
-            ok = False
-            self.owner.hosted.server.handle_error(self.sock, self.client_address)
-        transport = self.transport
-        if framed is not None and ok and not (self.outbox or self.ended or self.draining or transport.is_closing()):
-            # done() in its common case, without the call: one reply and nothing else to do.
-            self.in_flight = False
-            self.last_activity = self.clock()
-            transport.write(framed)
+            self.message_failed()
             return
-        self.done(ok, framed)
+        self.replied(reply)
 
     def hand_back(self, ok: bool) -> None:
         """Report the message in flight done (from any thread)."""
